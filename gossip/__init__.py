@@ -1,0 +1,18 @@
+"""gossip: decentralized training for PyTorch.
+
+``n`` workers each keep a model and a private data shard and talk only to their neighbours in a
+graph (see the sibling package ``topologies``). Everything is importable for use in your own
+training loop: build a :class:`Network`, one :class:`Worker` per model, an algorithm from
+:mod:`gossip.algorithms`, and call ``algorithm.step(t, lr, compute_gradients)``.
+"""
+
+from gossip.algorithms import ALGORITHMS, DPSGD, Algorithm, AllReduce
+from gossip.config import Config, ConfigError, OptimizerConfig
+from gossip.config import load as load_config
+from gossip.network import Network
+from gossip.tasks import TASKS, Task
+from gossip.trainer import Trainer
+from gossip.worker import Worker
+
+__all__ = ["ALGORITHMS", "TASKS", "Algorithm", "AllReduce", "Config", "ConfigError", "DPSGD", "Network",
+           "OptimizerConfig", "Task", "Trainer", "Worker", "load_config"]

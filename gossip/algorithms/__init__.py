@@ -1,0 +1,12 @@
+"""Decentralized algorithms behind one interface (:class:`Algorithm`), registered by name."""
+
+from gossip.algorithms.allreduce import AllReduce, AllReduceOptions
+from gossip.algorithms.base import Algorithm
+from gossip.algorithms.dpsgd import DPSGD, DPSGDOptions
+from gossip.config import Registry
+
+ALGORITHMS = Registry("algorithm")
+ALGORITHMS.register("dpsgd", DPSGDOptions, DPSGD)
+ALGORITHMS.register("allreduce", AllReduceOptions, AllReduce)
+
+__all__ = ["ALGORITHMS", "Algorithm", "AllReduce", "DPSGD"]

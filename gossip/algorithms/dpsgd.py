@@ -1,0 +1,36 @@
+"""D-PSGD (Lian et al. 2017; "DP-SGD" in the PowerGossip paper).
+
+    g_i = ∇F_i(x_i^t);  y_i = Σ_j w_ij x_j^t;  x_i^{t+1} = opt_i(y_i, g_i)
+
+The gossip of ``x^t`` is posted before the backward pass and awaited after it, so that the
+messages travel while the gradients are computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from gossip.algorithms.base import Algorithm
+from gossip.config import option
+
+
+@dataclass
+class DPSGDOptions:
+    """D-PSGD has no hyperparameters of its own: the full parameters go to every neighbour."""
+
+    name: Literal["dpsgd"] = option("dpsgd", help="D-PSGD: exact gossip of the full parameters")
+
+
+class DPSGD(Algorithm):
+    Options = DPSGDOptions
+
+    def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
+        topology = self.schedule(t)
+        pending = self.send_to_neighbours(topology, {w.id: w.params for w in self.workers})
+        compute_gradients()
+        inbox = pending.wait()
+        mixed = [self.mix(topology, w.id, w.params, inbox) for w in self.workers]
+        for w, y in zip(self.workers, mixed):
+            w.params.copy_(y)
+            w.optimizer.step(w.params, w.grads, lr)

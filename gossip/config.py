@@ -1,0 +1,385 @@
+"""The typed configuration of a run: dataclasses, YAML loading, ``--set`` overrides, validation.
+
+A config is plain data (``yaml.safe_load``) checked against the dataclasses below before anything
+starts or is written. Sections whose keys depend on a name (``algorithm``, ``task``) are parsed
+against the options dataclass that the named algorithm or task registers, so a new algorithm
+brings its own keys without touching this file. Every error is one :class:`ConfigError` line that
+names the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
+
+import yaml
+
+if TYPE_CHECKING:
+    import topologies
+
+
+class ConfigError(ValueError):
+    """A config problem, reported as one line naming the key and what is allowed."""
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **bounds: float) -> Any:
+    """A dataclass field with a help text and numeric bounds (``gt``, ``ge``, ``lt``, ``le``)."""
+    metadata = {"help": help, "bounds": bounds}
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class Registry:
+    """Maps a name to the options dataclass (and the implementation) of an algorithm or a task."""
+
+    kind: str
+    entries: dict[str, tuple[type, Any]] = field(default_factory=dict)
+
+    def register(self, name: str, options: type, implementation: Any) -> None:
+        self.entries[name] = (options, implementation)
+
+    def options(self, name: str, path: str) -> type:
+        if name not in self.entries:
+            raise ConfigError(f"{path}: unknown {self.kind} {name!r}{_suggest(name, self.entries)}; "
+                              f"allowed: {', '.join(sorted(self.entries))}")
+        return self.entries[name][0]
+
+    def implementation(self, name: str) -> Any:
+        return self.entries[name][1]
+
+
+def registry_section(registry_name: str, default_name: str, help: str = "") -> Any:
+    """A field whose keys are those of the options dataclass registered under its ``name`` key."""
+    metadata = {"help": help, "bounds": {}, "registry": registry_name, "default_name": default_name}
+    return field(default_factory=lambda: _default_of(registry_name, default_name), metadata=metadata)
+
+
+def _registries() -> dict[str, Registry]:
+    from gossip.algorithms import ALGORITHMS
+    from gossip.tasks import TASKS
+
+    return {"algorithm": ALGORITHMS, "task": TASKS}
+
+
+def _default_of(registry_name: str, name: str) -> Any:
+    return _registries()[registry_name].options(name, registry_name)()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's sections
+
+
+@dataclass
+class TopologyConfig:
+    """The communication graph; its size is ``workers``."""
+
+    name: str = option("ring", help="ring | torus | expander | complete | star | hypercube | "
+                                    "exponential | erdos_renyi | one_peer_exponential")
+    weights: Literal["metropolis_hastings", "uniform", "max_degree"] = option(
+        "metropolis_hastings", help="how the mixing matrix W is made from the graph")
+    rows: Optional[int] = option(None, help="torus: rows (rows x cols = workers)", ge=1)
+    cols: Optional[int] = option(None, help="torus: columns", ge=1)
+    degree: Optional[int] = option(None, help="expander: degree of the random regular graph", ge=1)
+    p: Optional[float] = option(None, help="erdos_renyi: edge probability", gt=0, le=1)
+    seed: Optional[int] = option(None, help="expander, erdos_renyi: graph seed (default: the run's seed)")
+
+    def build(self, workers: int, run_seed: int) -> "topologies.Schedule":
+        """The topology schedule for ``workers`` workers (static graphs are a constant schedule)."""
+        import topologies
+
+        params = {k: getattr(self, k) for k in ("rows", "cols", "degree", "p", "seed") if getattr(self, k) is not None}
+        if self.name in ("expander", "erdos_renyi"):
+            params.setdefault("seed", run_seed)
+        return topologies.build_schedule(self.name, workers, weights=self.weights, **params)
+
+
+@dataclass
+class OptimizerConfig:
+    """The local optimizer of every worker: SGD with momentum; momentum buffers stay local."""
+
+    lr: float = option(0.1, help="base learning rate", gt=0)
+    momentum: float = option(0.0, help="heavy-ball (or Nesterov) momentum", ge=0, lt=1)
+    nesterov: bool = option(False, help="Nesterov momentum instead of heavy-ball")
+    weight_decay: float = option(0.0, help="L2 weight decay on tensors with >1 dimension", ge=0)
+    weight_decay_1d: bool = option(False, help="also decay 1-D tensors (biases, norm scales)")
+    clip_norm: Optional[float] = option(None, help="clip each worker's gradient norm to this", gt=0)
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule in epochs: linear warm-up from lr to lr*warmup_factor, step decays."""
+
+    warmup_epochs: float = option(0.0, help="length of the linear warm-up", ge=0)
+    warmup_factor: float = option(1.0, help="the LR after warm-up is lr * warmup_factor", gt=0)
+    milestones: list[float] = option([], help="epochs at which the LR is multiplied by decay")
+    decay: float = option(0.1, help="multiplier at each milestone", gt=0)
+
+
+@dataclass
+class TrainConfig:
+    """How long to train and how often to measure and save."""
+
+    steps: Optional[int] = option(None, help="number of steps (or give epochs)", ge=1)
+    epochs: Optional[float] = option(None, help="number of epochs of each worker's shard", gt=0)
+    batch_size: int = option(32, help="batch size per worker", ge=1)
+    eval_every: int = option(100, help="measure and log every this many steps", ge=1)
+    checkpoint_every: int = option(0, help="save a checkpoint every this many steps (0: only at the end)", ge=0)
+    local_eval: bool = option(True, help="also evaluate every worker's own model (mean and std)")
+
+
+@dataclass
+class RunDirConfig:
+    """Where the run writes its config, metrics and checkpoints."""
+
+    dir: str = option("runs/default", help="run directory")
+
+
+@dataclass
+class Config:
+    """One experiment."""
+
+    seed: int = option(0, help="seeds every generator (with the worker or edge id)", ge=0)
+    workers: int = option(4, help="number of workers n (independent of the number of processes)", ge=1)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    algorithm: Any = registry_section("algorithm", "dpsgd", help="the decentralized algorithm")
+    task: Any = registry_section("task", "logistic", help="model, data, loss and metric")
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunDirConfig = field(default_factory=RunDirConfig)
+    backend: Literal["auto", "gloo", "nccl"] = option(
+        "auto", help="torch.distributed backend: gloo on CPU, nccl with one GPU per process")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (or start from defaults), apply ``key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({_one_line(exc)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` set (value parsed as YAML)."""
+    result = _deep_copy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set optimizer.lr=0.1")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        node = result
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Parse and validate a plain dict into a :class:`Config`."""
+    config = _parse_dataclass(Config, raw, "")
+    _check_combinations(config)
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain data (for YAML output and checkpoints)."""
+    return dataclasses.asdict(config)
+
+
+def dump(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def fields_reference() -> list[tuple[str, str, str, str]]:
+    """Every key as ``(path, type, default, help)``, including each algorithm's and task's options."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            path = f"{prefix}{f.name}"
+            registry = f.metadata.get("registry")
+            if registry:
+                for name, (options, _) in sorted(_registries()[registry].entries.items()):
+                    walk(options, f"{path}[{name}].")
+            elif dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{path}.")
+            else:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                rows.append((path, _type_name(hints[f.name]), repr(default), f.metadata.get("help", "")))
+
+    walk(Config, "")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing machinery
+
+
+def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
+    where = path.rstrip(".") or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{path}{key}: unknown key{_suggest(str(key), known)}; "
+                              f"allowed in {where}: {', '.join(known)}")
+    values = {}
+    for name, f in known.items():
+        if name not in raw:
+            continue
+        key_path = f"{path}{name}"
+        registry = f.metadata.get("registry")
+        if registry:
+            values[name] = _parse_registry_section(registry, f.metadata["default_name"], raw[name], key_path)
+        elif dataclasses.is_dataclass(hints[name]):
+            values[name] = _parse_dataclass(hints[name], raw[name], key_path + ".")
+        else:
+            values[name] = _parse_value(hints[name], raw[name], key_path)
+            _check_bounds(values[name], f.metadata.get("bounds", {}), key_path)
+    return cls(**values)
+
+
+def _parse_registry_section(registry_name: str, default_name: str, raw: Any, path: str) -> Any:
+    registry = _registries()[registry_name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping with a 'name' key, got {_describe(raw)}")
+    name = raw.get("name", default_name)
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}.name: expected a string, got {_describe(name)}")
+    return _parse_dataclass(registry.options(name, f"{path}.name"), raw, path + ".")
+
+
+def _parse_value(hint: Any, value: Any, path: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _parse_value(inner, value, path)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not allowed{_suggest(str(value), args)}; "
+                              f"allowed: {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {_describe(value)}")
+        return [_parse_value(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {_describe(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {_describe(value)}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path}: expected a finite number, got {value}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} at {path}")
+
+
+def _check_bounds(value: Any, bounds: dict[str, float], path: str) -> None:
+    if value is None or not bounds:
+        return
+    checks = {"gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="),
+              "lt": (lambda v, b: v < b, "<"), "le": (lambda v, b: v <= b, "<=")}
+    for key, bound in bounds.items():
+        ok, symbol = checks[key]
+        if not ok(value, bound):
+            allowed = " and ".join(f"{checks[k][1]} {b}" for k, b in bounds.items())
+            raise ConfigError(f"{path}: {value} is out of range; allowed: {allowed}")
+
+
+def _check_combinations(config: Config) -> None:
+    train = config.train
+    if (train.steps is None) == (train.epochs is None):
+        raise ConfigError("train: set exactly one of train.steps and train.epochs")
+    try:
+        config.topology.build(config.workers, config.seed)
+    except ValueError as exc:
+        raise ConfigError(f"topology: {_one_line(exc)} (workers = {config.workers})") from None
+    check = getattr(config.algorithm, "check", None)
+    if check is not None:
+        _reraise_with_path(check, config, "algorithm")
+    check = getattr(config.task, "check", None)
+    if check is not None:
+        _reraise_with_path(check, config, "task")
+
+
+def _reraise_with_path(check: Any, config: Config, section: str) -> None:
+    try:
+        check(config)
+    except ValueError as exc:
+        raise ConfigError(f"{section}.{_one_line(exc)}") from None
+
+
+def _suggest(word: str, candidates: Any) -> str:
+    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args if a is not type(None)) + " | null"
+    if origin is Literal:
+        return " | ".join(map(str, args))
+    if origin is list:
+        return f"list[{_type_name(args[0])}]"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}

@@ -1,0 +1,141 @@
+"""Where the workers live and how one round of messages moves between them.
+
+A run has ``n`` workers spread over the ``P`` processes of the job in contiguous blocks: process
+``r`` hosts workers ``r*n/P .. (r+1)*n/P - 1``. A round takes an outbox ``{(src, dst): 1-D
+tensor}`` from the local senders and returns an inbox ``{(src, dst): tensor}`` for the local
+receivers. Pairs inside a process are handed over in memory; pairs across processes travel with
+``torch.distributed`` point-to-point operations, posted in the order ``(src, dst)`` sorts to, which
+both sides derive identically. Receivers size their buffers from what they already know (the
+``expected`` shapes), so a round needs no size handshake. Every byte a worker sends is counted,
+in-memory pairs included: they would cross a wire in a real deployment.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+Pair = tuple[int, int]
+Spec = tuple[int, torch.dtype]
+
+
+class NetworkError(ValueError):
+    """A placement or message that the network cannot serve."""
+
+
+@dataclass
+class PendingRound:
+    """A round in flight: :meth:`wait` blocks until every message has arrived."""
+
+    network: "Network"
+    inbox: dict[Pair, torch.Tensor]
+    works: list = field(default_factory=list)
+
+    def wait(self) -> dict[Pair, torch.Tensor]:
+        start = time.perf_counter()
+        for work in self.works:
+            work.wait()
+        self.works = []
+        self.network.comm_wait_s += time.perf_counter() - start
+        return self.inbox
+
+
+class Network:
+    """The workers of one process and the message rounds between all workers of the job."""
+
+    def __init__(self, workers: int, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu") -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise NetworkError(f"rank {rank} is not in a job of {world_size} processes")
+        if workers % world_size:
+            raise NetworkError(f"workers = {workers} cannot be split evenly over {world_size} processes; "
+                               f"use a number of processes that divides {workers}")
+        self.n = workers
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device(device)
+        self.per_process = workers // world_size
+        self.local_workers = range(rank * self.per_process, (rank + 1) * self.per_process)
+        self.bytes_sent = [0] * workers
+        self.comm_wait_s = 0.0
+
+    def owner(self, worker: int) -> int:
+        """The rank of the process that hosts ``worker``."""
+        return worker // self.per_process
+
+    def is_local(self, worker: int) -> bool:
+        return worker in self.local_workers
+
+    # --- gossip rounds ------------------------------------------------------------------------
+
+    def start(self, outbox: dict[Pair, torch.Tensor], expected: dict[Pair, Spec]) -> PendingRound:
+        """Post one round: send ``outbox``, receive the pairs named in ``expected``.
+
+        ``outbox`` holds every message sent by a local worker; ``expected`` names, for every
+        message a local worker receives, its element count and dtype. Returns at once; the
+        round's inbox is ready after :meth:`PendingRound.wait`.
+        """
+        inbox: dict[Pair, torch.Tensor] = {}
+        ops: list[dist.P2POp] = []
+        for (src, dst), message in sorted(outbox.items()):
+            if not self.is_local(src):
+                raise NetworkError(f"worker {src} is not hosted by process {self.rank}")
+            if message.dim() != 1:
+                raise NetworkError(f"message {src}->{dst} must be a 1-D tensor, got shape {tuple(message.shape)}")
+            self.bytes_sent[src] += message.numel() * message.element_size()
+            if self.is_local(dst):
+                inbox[(src, dst)] = message
+            else:
+                ops.append(dist.P2POp(dist.isend, message.contiguous(), self.owner(dst), tag=self._tag(src, dst)))
+        for (src, dst), (numel, dtype) in sorted(expected.items()):
+            if not self.is_local(dst):
+                raise NetworkError(f"worker {dst} is not hosted by process {self.rank}")
+            if self.is_local(src):
+                if (src, dst) not in inbox:
+                    raise NetworkError(f"expected a message {src}->{dst} but the outbox has none")
+                continue
+            buffer = torch.empty(numel, dtype=dtype, device=self.device)
+            inbox[(src, dst)] = buffer
+            ops.append(dist.P2POp(dist.irecv, buffer, self.owner(src), tag=self._tag(src, dst)))
+        works = dist.batch_isend_irecv(ops) if ops else []
+        return PendingRound(self, inbox, list(works))
+
+    def exchange(self, outbox: dict[Pair, torch.Tensor], expected: dict[Pair, Spec]) -> dict[Pair, torch.Tensor]:
+        """One synchronous round: :meth:`start` and wait."""
+        return self.start(outbox, expected).wait()
+
+    def count_bytes(self, worker: int, nbytes: int) -> None:
+        """Count bytes that a collective (not a point-to-point round) sends on behalf of ``worker``."""
+        self.bytes_sent[worker] += int(nbytes)
+
+    def _tag(self, src: int, dst: int) -> int:
+        return src * self.n + dst
+
+    # --- collectives over all workers -----------------------------------------------------------
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the processes, in place (a no-op with one process)."""
+        if self.world_size > 1:
+            start = time.perf_counter()
+            dist.all_reduce(tensor)
+            self.comm_wait_s += time.perf_counter() - start
+        return tensor
+
+    def gather_per_worker(self, values: list[float] | torch.Tensor) -> torch.Tensor:
+        """One float64 value per local worker in, the values of all ``n`` workers out (in order)."""
+        full = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        full[self.local_workers.start:self.local_workers.stop] = torch.as_tensor(
+            values, dtype=torch.float64, device=self.device)
+        return self.all_reduce_sum(full).cpu()
+
+    def mean_over_workers(self, local_tensors: list[torch.Tensor]) -> torch.Tensor:
+        """The mean over all workers of a tensor that each local worker holds."""
+        total = torch.stack(local_tensors).sum(0) if len(local_tensors) > 1 else local_tensors[0].clone()
+        return self.all_reduce_sum(total).div_(self.n)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()

@@ -1,0 +1,164 @@
+"""The training loop: every step the local workers draw their batches, the algorithm runs its
+gossip round(s) and gradient step, the learning rate follows the schedule; every ``eval_every``
+steps the run is measured and logged to ``RUN_DIR/metrics.jsonl``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from gossip.algorithms import ALGORITHMS, Algorithm
+from gossip.config import Config
+from gossip.network import Network
+from gossip.optim import learning_rate
+from gossip.seeding import seed_for
+from gossip.tasks import TASKS, Task
+from gossip.worker import Worker
+
+
+class Trainer:
+    """Runs one config for the workers that ``network`` places on this process."""
+
+    def __init__(self, config: Config, network: Network, run_dir: Path | None = None,
+                 progress: bool = True) -> None:
+        self.config = config
+        self.network = network
+        self.run_dir = run_dir
+        self.progress = progress and network.rank == 0
+        self.task: Task = TASKS.implementation(config.task.name)(
+            config.task, config.workers, config.seed, config.train.batch_size)
+        self.schedule = config.topology.build(config.workers, config.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_for(config.seed, "init"))
+            initial_model = self.task.build_model()
+        self.workers = [Worker(i, copy.deepcopy(initial_model), config.optimizer, config.seed, network.device)
+                        for i in network.local_workers]
+        self.streams = {i: self.task.stream(i) for i in network.local_workers}
+        self.eval_model = copy.deepcopy(initial_model).to(network.device)
+        self.algorithm: Algorithm = ALGORITHMS.implementation(config.algorithm.name)(
+            self.schedule, network, self.workers, options=config.algorithm, seed=config.seed)
+        self.steps_per_epoch = self.task.steps_per_epoch()
+        train = config.train
+        self.total_steps = train.steps if train.steps is not None else math.ceil(train.epochs * self.steps_per_epoch)
+        self.step = 0
+        self.loss_sum = torch.zeros(len(self.workers), dtype=torch.float64, device=network.device)
+        self.loss_count = 0
+        self.time = {"compute": 0.0, "codec": 0.0, "comm": 0.0}
+        self.history: list[dict[str, Any]] = []
+
+    # --- one step -------------------------------------------------------------------------
+
+    def compute_gradients(self) -> None:
+        """Forward and backward for every local worker on its next batch, at its current params."""
+        start = time.perf_counter()
+        for k, w in enumerate(self.workers):
+            w.grads.zero_()
+            batch = tuple(t.to(w.device, non_blocking=True) for t in self.streams[w.id].next())
+            with w.forked_rng():
+                loss = self.task.loss(w.model, batch, w.memory)
+                loss.backward()
+            self.loss_sum[k] += loss.detach()
+        self.loss_count += 1
+        self.time["compute"] += time.perf_counter() - start
+
+    def train_step(self) -> None:
+        lr = self.learning_rate()
+        start, compute0, comm0 = time.perf_counter(), self.time["compute"], self.network.comm_wait_s
+        self.algorithm.step(self.step, lr, self.compute_gradients)
+        comm = self.network.comm_wait_s - comm0
+        self.time["comm"] += comm
+        self.time["codec"] += time.perf_counter() - start - (self.time["compute"] - compute0) - comm
+        self.step += 1
+
+    def learning_rate(self) -> float:
+        return learning_rate(self.config.optimizer.lr, self.config.schedule, self.step / self.steps_per_epoch)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Train to ``total_steps``, measuring every ``eval_every`` steps; returns the last record."""
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
+                   desc=f"{self.config.algorithm.name} n={self.config.workers}", unit="step", dynamic_ncols=True)
+        record: dict[str, Any] = {}
+        with bar:
+            while self.step < self.total_steps:
+                self.train_step()
+                bar.update(1)
+                if self.step % self.config.train.eval_every == 0 or self.step == self.total_steps:
+                    record = self.measure()
+                    self.log(record)
+                    bar.set_postfix(self._short(record))
+        return record
+
+    def measure(self) -> dict[str, Any]:
+        """Everything DESIGN.md lists for ``metrics.jsonl``, over all workers of the job."""
+        net = self.network
+        losses = net.gather_per_worker(self.loss_sum / max(1, self.loss_count))
+        self.loss_sum.zero_()
+        self.loss_count = 0
+        mean_params = net.mean_over_workers([w.params for w in self.workers])
+        distances = net.gather_per_worker(torch.stack([(w.params - mean_params).pow(2).sum() for w in self.workers]))
+        sent = net.gather_per_worker([float(net.bytes_sent[w.id]) for w in self.workers])
+        record: dict[str, Any] = {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "lr": self.learning_rate(),
+            "train_loss": losses.mean().item(),
+        }
+        record.update({f"eval_{k}": v for k, v in self.evaluate_average(mean_params).items()})
+        if self.config.train.local_eval:
+            record.update(self.evaluate_locals())
+        record.update({
+            "consensus_distance": distances.mean().item(),
+            "bytes_per_worker": sent.mean().item(),
+            "time_compute_s": self.time["compute"],
+            "time_codec_s": self.time["codec"],
+            "time_comm_s": self.time["comm"],
+        })
+        self.history.append(record)
+        return record
+
+    def evaluate_average(self, mean_params: torch.Tensor) -> dict[str, float]:
+        """The averaged model ``x̄`` (float buffers averaged too) on the held-out data."""
+        buffers = [b for b in self.eval_model.buffers() if b.is_floating_point()]
+        if buffers:
+            for target, mean in zip(buffers, self._mean_buffers()):
+                target.copy_(mean)
+        torch.nn.utils.vector_to_parameters(mean_params, self.eval_model.parameters())
+        self.eval_model.eval()
+        return self.task.evaluate(self.eval_model)
+
+    def _mean_buffers(self) -> list[torch.Tensor]:
+        per_worker = [[b for b in w.model.buffers() if b.is_floating_point()] for w in self.workers]
+        flat = self.network.mean_over_workers([torch.cat([b.reshape(-1) for b in bs]) for bs in per_worker])
+        return list(flat.split([b.numel() for b in per_worker[0]]))
+
+    def evaluate_locals(self) -> dict[str, float]:
+        """Mean and std over the workers of each worker's own model's held-out metrics."""
+        results = []
+        for w in self.workers:
+            w.model.eval()
+            results.append(self.task.evaluate(w.model))
+            w.model.train()
+        record = {}
+        for key in results[0]:
+            values = self.network.gather_per_worker([r[key] for r in results])
+            record[f"local_eval_{key}_mean"] = values.mean().item()
+            record[f"local_eval_{key}_std"] = values.std(unbiased=False).item()
+        return record
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.run_dir is not None and self.network.rank == 0:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _short(self, record: dict[str, Any]) -> dict[str, str]:
+        keys = ["train_loss", "eval_loss", f"eval_{self.task.metric}", "consensus_distance"]
+        return {k.replace("eval_", "val_"): f"{record[k]:.4g}" for k in keys if k in record}

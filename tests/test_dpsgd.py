@@ -1,0 +1,130 @@
+"""D-PSGD and all-reduce: average preservation, contraction at the spectral-gap rate, exact
+bytes, and the local optimizer against torch.optim.SGD."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import topologies
+from gossip.algorithms import DPSGD, AllReduce
+from gossip.config import OptimizerConfig
+from gossip.network import Network
+from gossip.worker import Worker
+
+
+def make_workers(n: int, spread: float = 1.0, optimizer: OptimizerConfig | None = None) -> list[Worker]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+    workers = [Worker(i, copy.deepcopy(model), optimizer or OptimizerConfig(lr=0.1), seed=0) for i in range(n)]
+    for w in workers:
+        w.params.add_(spread * torch.randn(w.params.shape))
+    return workers
+
+
+def consensus_distance(workers: list[Worker]) -> float:
+    stacked = torch.stack([w.params for w in workers]).double()
+    return (stacked - stacked.mean(0)).pow(2).sum(1).mean().item()
+
+
+def no_gradient() -> None:
+    """A step with zero gradients: the step is pure gossip."""
+
+
+@pytest.mark.parametrize("topology", [topologies.ring(8), topologies.torus(3, 3), topologies.star(5),
+                                      topologies.expander(10, 3)])
+def test_gossip_round_preserves_the_average_and_contracts(topology):
+    workers = make_workers(topology.n)
+    algorithm = DPSGD(topology, Network(topology.n), workers)
+    mean_before = torch.stack([w.params for w in workers]).double().mean(0)
+    distance_before = consensus_distance(workers)
+    algorithm.step(0, 0.1, no_gradient)
+    mean_after = torch.stack([w.params for w in workers]).double().mean(0)
+    assert torch.allclose(mean_after, mean_before, atol=1e-6)
+    assert consensus_distance(workers) < distance_before
+
+
+def test_consensus_is_a_fixed_point():
+    workers = make_workers(6, spread=0.0)
+    before = workers[0].params.clone()
+    DPSGD(topologies.ring(6), Network(6), workers).step(0, 0.1, no_gradient)
+    for w in workers:
+        assert torch.allclose(w.params, before, atol=1e-7)
+
+
+def test_repeated_rounds_contract_at_the_rate_the_spectral_gap_predicts():
+    topology = topologies.ring(8, weights="uniform")
+    workers = make_workers(8)
+    algorithm = DPSGD(topology, Network(8), workers)
+    distances = [consensus_distance(workers)]
+    for t in range(25):
+        algorithm.step(t, 0.1, no_gradient)
+        distances.append(consensus_distance(workers))
+    rate = 1 - topology.spectral_gap
+    for t, d in enumerate(distances):
+        assert d <= distances[0] * rate ** t * (1 + 1e-4)
+    assert distances[25] / distances[24] == pytest.approx(rate, rel=0.02)
+
+
+def test_bytes_per_step_equal_degree_times_parameter_bytes():
+    topology = topologies.torus(3, 4)
+    workers = make_workers(12)
+    network = Network(12)
+    algorithm = DPSGD(topology, network, workers)
+    for t in range(3):
+        algorithm.step(t, 0.1, no_gradient)
+    parameter_bytes = 4 * sum(p.numel() for p in workers[0].model.parameters())
+    assert network.bytes_sent == [3 * topology.degree(i) * parameter_bytes for i in range(12)]
+
+
+def test_allreduce_keeps_workers_identical_and_counts_ring_bytes():
+    workers = make_workers(4, spread=0.0)
+
+    def gradients():
+        for w in workers:
+            w.grads.zero_()
+            w.model(torch.randn(3, 5)).pow(2).sum().backward()
+
+    network = Network(4)
+    algorithm = AllReduce(topologies.ring(4), network, workers)
+    for t in range(3):
+        algorithm.step(t, 0.1, gradients)
+    for w in workers[1:]:
+        assert torch.equal(w.params, workers[0].params)
+    parameter_bytes = 4 * workers[0].params.numel()
+    assert network.bytes_sent == [3 * (2 * 3 * parameter_bytes // 4)] * 4
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_single_worker_dpsgd_is_torch_sgd(nesterov):
+    config = OptimizerConfig(lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=0.01,
+                             weight_decay_1d=True, clip_norm=0.5)
+    (worker,) = make_workers(1, optimizer=config)
+    reference = copy.deepcopy(worker.model)
+    sgd = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=0.01)
+    algorithm = DPSGD(topologies.ring(1), Network(1), [worker])
+    data = [torch.randn(8, 5) for _ in range(5)]
+    for t, x in enumerate(data):
+        def gradients():
+            worker.grads.zero_()
+            worker.model(x).pow(2).sum().backward()
+        algorithm.step(t, 0.05, gradients)
+        sgd.zero_grad()
+        reference(x).pow(2).sum().backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
+        sgd.step()
+    for mine, theirs in zip(worker.model.parameters(), reference.parameters()):
+        assert torch.allclose(mine, theirs, atol=1e-6)
+
+
+def test_gradients_land_in_the_flat_vector():
+    (worker,) = make_workers(1)
+    worker.model(torch.randn(4, 5)).sum().backward()
+    assert worker.grads.abs().sum() > 0
+    offset = 0
+    for p in worker.model.parameters():
+        assert torch.equal(p.grad.reshape(-1), worker.grads[offset:offset + p.numel()])
+        offset += p.numel()

@@ -1,0 +1,125 @@
+"""Time-varying topologies: a ``Schedule`` gives the topology of every gossip step t.
+
+A static graph is the constant schedule; the one-peer exponential graph changes its single
+partner every step and averages exactly after log2 n steps at one message per worker and step.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import networkx as nx
+
+from topologies import _checks
+from topologies.builders import BUILDERS, build
+from topologies.topology import Topology
+from topologies.weights import SchemeLike, mixing_matrix, scheme_name
+
+
+class Schedule(ABC):
+    """The topology of step t is ``schedule(t)``; it repeats every ``period`` steps."""
+
+    @abstractmethod
+    def __call__(self, t: int) -> Topology:
+        """The topology of step ``t`` (t >= 0)."""
+
+    @property
+    @abstractmethod
+    def period(self) -> int:
+        """The number of steps after which the topologies repeat."""
+
+    @property
+    def n(self) -> int:
+        """The number of workers."""
+        return self(0).n
+
+    @property
+    def is_static(self) -> bool:
+        """Whether every step has the same topology."""
+        return self.period == 1
+
+    @staticmethod
+    def _step(t: int) -> int:
+        return _checks.integer(t, "step t", 0)
+
+
+class StaticSchedule(Schedule):
+    """The same topology at every step.
+
+    >>> from topologies.builders import ring
+    >>> StaticSchedule(ring(4))(7).name
+    'ring(n=4, weights=metropolis_hastings)'
+    """
+
+    def __init__(self, topology: Topology):
+        if not isinstance(topology, Topology):
+            raise ValueError(f"StaticSchedule needs a Topology, got {type(topology).__name__}")
+        self.topology = topology
+
+    def __call__(self, t: int) -> Topology:
+        self._step(t)
+        return self.topology
+
+    @property
+    def period(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return f"StaticSchedule({self.topology!r})"
+
+
+class OnePeerExponential(Schedule):
+    """The one-peer exponential graph (Ying et al. 2021), undirected: n must be a power of 2.
+
+    At step t worker i averages with the single partner ``i XOR 2**(t mod log2 n)`` with weight
+    1/2 (both the default Metropolis-Hastings and the uniform scheme give 1/2 on a matching;
+    ``max_degree`` gives a pure swap that never averages). Step k's matching is the k-th
+    dimension of the hypercube, and the product of the W's of any log2 n consecutive steps is
+    exactly the averaging matrix J/n. One step alone is a perfect matching, a disconnected graph:
+    its Topology is built with ``require_connected=False`` and has spectral gap 0. n = 1 is the
+    identity at every step.
+
+    >>> schedule = OnePeerExponential(8)
+    >>> schedule.period, schedule(0).neighbors(3), schedule(1).neighbors(3), schedule(2).neighbors(3)
+    (3, [2], [1], [7])
+    """
+
+    def __init__(self, n: int, weights: SchemeLike = "metropolis_hastings"):
+        steps = _checks.log2_exact(n, "one_peer_exponential: n")
+        self._snapshots = [self._matching(n, k, weights) for k in range(max(steps, 1))]  # n = 1: one step
+
+    @staticmethod
+    def _matching(n: int, k: int, weights: SchemeLike) -> Topology:
+        """Step k's topology: i paired with i XOR 2**k (no pair when n = 1)."""
+        graph = nx.Graph()
+        graph.add_nodes_from(range(n))
+        graph.add_edges_from((i, i ^ (1 << k)) for i in range(n) if i ^ (1 << k) < n)
+        name = f"one_peer_exponential(n={n}, weights={scheme_name(weights)}), step {k}: partner i XOR {1 << k}"
+        return Topology(graph, mixing_matrix(graph, weights), name=name, require_connected=False)
+
+    def __call__(self, t: int) -> Topology:
+        return self._snapshots[self._step(t) % self.period]
+
+    @property
+    def period(self) -> int:
+        return len(self._snapshots)
+
+    def __repr__(self) -> str:
+        return f"OnePeerExponential(n={self.n}, period={self.period})"
+
+
+SCHEDULES = {"one_peer_exponential": OnePeerExponential}
+
+
+def build_schedule(name: str, n: int, weights: SchemeLike = "metropolis_hastings", **params: object) -> Schedule:
+    """The schedule ``name`` on ``n`` workers: a time-varying one from ``SCHEDULES``, or the
+    static schedule of ``build(name, n, weights, **params)``.
+
+    >>> build_schedule("one_peer_exponential", 16).period, build_schedule("ring", 16).is_static
+    (4, True)
+    """
+    if name in SCHEDULES:
+        _checks.parameters(name, params, [])
+        return SCHEDULES[name](n, weights=weights)
+    _checks.choose("topology", name, {**BUILDERS, **SCHEDULES})  # an unknown name lists all of them
+    return StaticSchedule(build(name, n, weights, **params))

@@ -1,0 +1,71 @@
+"""A human-readable summary of a topology: what ``Topology.describe`` and the command line print.
+
+Small topologies show the whole weight matrix; larger ones group the rows that carry the same
+weights, so a 64-node ring or expander still fits on a screen.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import networkx as nx
+import numpy as np
+
+if TYPE_CHECKING:
+    from topologies.topology import Topology
+
+FULL_MATRIX_MAX_N = 12
+
+
+def describe(topology: Topology) -> str:
+    """Name, size, degrees, spectral gap, slem and weights of ``topology``, one fact per line."""
+    connected = "connected" if nx.is_connected(topology.graph) else "not connected"
+    lines = [
+        topology.name or "topology",
+        f"  nodes {topology.n}, edges {len(topology.edges)}, {connected}",
+        *_degree_lines(topology),
+        f"  spectral gap {topology.spectral_gap:.6g} (= 1 - slem^2), slem {topology.slem:.6g}",
+        *_weight_lines(topology),
+    ]
+    return "\n".join(lines)
+
+
+def _degree_lines(topology: Topology) -> list[str]:
+    degrees = np.array([topology.degree(i) for i in range(topology.n)])
+    if degrees.min() == degrees.max():
+        return [f"  degree {degrees[0]} at every node"]
+    prefix = "    per node "
+    return [f"  degrees min {degrees.min()}, max {degrees.max()}, mean {degrees.mean():.3g}",
+            prefix + np.array2string(degrees, max_line_width=100, prefix=prefix)]
+
+
+def _weight_lines(topology: Topology) -> list[str]:
+    if topology.n <= FULL_MATRIX_MAX_N:
+        prefix = "    "
+        matrix = np.array2string(topology.W, max_line_width=200, prefix=prefix,
+                                 formatter={"float_kind": lambda w: f"{w:6.4f}" if w else "     ."})
+        return ["  weights W:", prefix + matrix]
+    groups: dict[str, list[int]] = {}
+    for i in range(topology.n):
+        groups.setdefault(_row_weights(topology, i), []).append(i)
+    return ["  weights by row (own weight | neighbour weights x count):",
+            *(f"    {'rows' if len(rows) > 1 else 'row'} {_ranges(rows)}: {weights}"
+              for weights, rows in groups.items())]
+
+
+def _row_weights(topology: Topology, i: int) -> str:
+    counts = Counter(f"{topology.weight(i, j):.4g}" for j in topology.neighbors(i))
+    neighbours = ", ".join(f"{w} x{c}" for w, c in sorted(counts.items(), key=lambda wc: -float(wc[0])))
+    return f"own {topology.weight(i, i):.4g} | {neighbours or 'none'}"
+
+
+def _ranges(rows: list[int]) -> str:
+    """Sorted rows as runs: [0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    runs: list[list[int]] = []
+    for r in rows:
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1][-1] = r
+        else:
+            runs.append([r, r])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
