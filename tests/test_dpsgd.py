@@ -78,6 +78,8 @@ def test_bytes_per_step_equal_degree_times_parameter_bytes():
         algorithm.step(t, 0.1, no_gradient)
     parameter_bytes = 4 * sum(p.numel() for p in workers[0].model.parameters())
     assert network.bytes_sent == [3 * topology.degree(i) * parameter_bytes for i in range(12)]
+    shapes = [v.shape for v in workers[0].views]
+    assert network.bytes_sent == [3 * DPSGD.bytes_per_step(algorithm.options, shapes, topology, i) for i in range(12)]
 
 
 def test_allreduce_keeps_workers_identical_and_counts_ring_bytes():
@@ -96,6 +98,8 @@ def test_allreduce_keeps_workers_identical_and_counts_ring_bytes():
         assert torch.equal(w.params, workers[0].params)
     parameter_bytes = 4 * workers[0].params.numel()
     assert network.bytes_sent == [3 * (2 * 3 * parameter_bytes // 4)] * 4
+    shapes = [v.shape for v in workers[0].views]
+    assert network.bytes_sent == [3 * AllReduce.bytes_per_step(None, shapes, topologies.ring(4), i) for i in range(4)]
 
 
 @pytest.mark.parametrize("nesterov", [False, True])

@@ -7,10 +7,14 @@ worker per step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Callable, Literal
+
+import torch
 
 from gossip.algorithms.base import Algorithm
 from gossip.config import option
+from topologies import Topology
 
 
 @dataclass
@@ -22,6 +26,10 @@ class AllReduceOptions:
 
 class AllReduce(Algorithm):
     Options = AllReduceOptions
+
+    @classmethod
+    def bytes_per_step(cls, options: AllReduceOptions, shapes: list[torch.Size], topology: Topology, worker: int) -> int:
+        return 2 * (topology.n - 1) * 4 * sum(math.prod(shape) for shape in shapes) // topology.n
 
     def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
         compute_gradients()

@@ -40,6 +40,12 @@ class Algorithm(ABC):
         """Run training step ``t``: call ``compute_gradients()`` exactly once (it fills every local
         worker's ``grads`` at its current ``params``), communicate, and update ``params`` in place."""
 
+    @classmethod
+    @abstractmethod
+    def bytes_per_step(cls, options: Any, shapes: list[torch.Size], topology: Topology, worker: int) -> int:
+        """The bytes ``worker`` sends in one step, computed from the parameter ``shapes`` alone
+        (fp32): what ``--dry-run`` prints and what the network's count must equal."""
+
     def worker_state(self, worker: Worker) -> dict[str, Any]:
         """The algorithm's own state for one worker (checkpointed with it)."""
         return {}

@@ -9,10 +9,14 @@ messages travel while the gradients are computed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Callable, Literal
+
+import torch
 
 from gossip.algorithms.base import Algorithm
 from gossip.config import option
+from topologies import Topology
 
 
 @dataclass
@@ -24,6 +28,10 @@ class DPSGDOptions:
 
 class DPSGD(Algorithm):
     Options = DPSGDOptions
+
+    @classmethod
+    def bytes_per_step(cls, options: DPSGDOptions, shapes: list[torch.Size], topology: Topology, worker: int) -> int:
+        return topology.degree(worker) * 4 * sum(math.prod(shape) for shape in shapes)
 
     def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
         topology = self.schedule(t)
