@@ -140,6 +140,8 @@ class RunDirConfig:
     """Where the run writes its config, metrics and checkpoints."""
 
     dir: str = option("runs/default", help="run directory")
+    timeout_s: float = option(600.0, help="a process that does not answer within this many seconds "
+                                          "is reported lost and the run stops", gt=0)
 
 
 @dataclass

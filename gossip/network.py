@@ -12,6 +12,7 @@ in-memory pairs included: they would cross a wire in a real deployment.
 
 from __future__ import annotations
 
+import datetime
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +27,10 @@ class NetworkError(ValueError):
     """A placement or message that the network cannot serve."""
 
 
+class PeerLostError(RuntimeError):
+    """A round did not complete: a process it talks to died or stopped answering."""
+
+
 @dataclass
 class PendingRound:
     """A round in flight: :meth:`wait` blocks until every message has arrived."""
@@ -33,11 +38,15 @@ class PendingRound:
     network: "Network"
     inbox: dict[Pair, torch.Tensor]
     works: list = field(default_factory=list)
+    peers: list[int] = field(default_factory=list)
 
     def wait(self) -> dict[Pair, torch.Tensor]:
         start = time.perf_counter()
-        for work in self.works:
-            work.wait()
+        try:
+            for work in self.works:
+                work.wait(self.network.timeout)
+        except RuntimeError as exc:
+            raise PeerLostError(self.network.describe_lost(self.peers, exc)) from None
         self.works = []
         self.network.comm_wait_s += time.perf_counter() - start
         return self.inbox
@@ -47,7 +56,7 @@ class Network:
     """The workers of one process and the message rounds between all workers of the job."""
 
     def __init__(self, workers: int, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", timeout_s: float = 600.0) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise NetworkError(f"rank {rank} is not in a job of {world_size} processes")
         if workers % world_size:
@@ -61,6 +70,7 @@ class Network:
         self.local_workers = range(rank * self.per_process, (rank + 1) * self.per_process)
         self.bytes_sent = [0] * workers
         self.comm_wait_s = 0.0
+        self.timeout = datetime.timedelta(seconds=timeout_s)
 
     def owner(self, worker: int) -> int:
         """The rank of the process that hosts ``worker``."""
@@ -101,7 +111,7 @@ class Network:
             inbox[(src, dst)] = buffer
             ops.append(dist.P2POp(dist.irecv, buffer, self.owner(src), tag=self._tag(src, dst)))
         works = dist.batch_isend_irecv(ops) if ops else []
-        return PendingRound(self, inbox, list(works))
+        return PendingRound(self, inbox, list(works), sorted({op.peer for op in ops}))
 
     def exchange(self, outbox: dict[Pair, torch.Tensor], expected: dict[Pair, Spec]) -> dict[Pair, torch.Tensor]:
         """One synchronous round: :meth:`start` and wait."""
@@ -110,6 +120,16 @@ class Network:
     def count_bytes(self, worker: int, nbytes: int) -> None:
         """Count bytes that a collective (not a point-to-point round) sends on behalf of ``worker``."""
         self.bytes_sent[worker] += int(nbytes)
+
+    def workers_of(self, rank: int) -> range:
+        return range(rank * self.per_process, (rank + 1) * self.per_process)
+
+    def describe_lost(self, peers: list[int], exc: BaseException) -> str:
+        """One line naming the processes (and their workers) a failed round talked to."""
+        names = ", ".join(f"process {r} (workers {self.workers_of(r).start}-{self.workers_of(r).stop - 1})"
+                          for r in peers)
+        reason = " ".join(str(exc).split())[:200]
+        return f"lost contact with {names or 'a peer process'} within {self.timeout.total_seconds():g} s: {reason}"
 
     def _tag(self, src: int, dst: int) -> int:
         return src * self.n + dst

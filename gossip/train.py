@@ -1,46 +1,81 @@
-"""Command line: ``python -m gossip.train --config FILE [--set key=value ...] [--run-dir DIR] [--dry-run]``.
+"""Command line: ``python -m gossip.train --config FILE [--set key=value ...] [--run-dir DIR] [--dry-run]``
+or ``python -m gossip.train --resume RUN_DIR [--set train.steps=N]``.
 
 The same flags work under ``torchrun``: every process reads the same config, hosts its block of
-workers, and process 0 writes the run directory's ``config.yaml`` and ``metrics.jsonl``.
+workers, and process 0 writes the run directory's ``config.yaml`` and ``metrics.jsonl``. SIGTERM
+or SIGINT stops the run after the current step with a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 
+from gossip import checkpoint
 from gossip import config as config_module
 from gossip.config import Config, ConfigError
 from gossip.distributed import Placement, join, leave
-from gossip.network import Network, NetworkError
-from gossip.trainer import Trainer
+from gossip.network import Network, NetworkError, PeerLostError
+from gossip.trainer import NonFiniteError, Trainer
+
+# Keys that may change when a run is resumed; everything else is the run's own.
+RESUMABLE = ("train.steps", "train.epochs", "train.eval_every", "train.checkpoint_every", "run.timeout_s")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gossip.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="YAML experiment file")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue RUN_DIR from its latest complete checkpoint, with its saved config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optimizer.lr=0.2 (repeatable)")
     parser.add_argument("--run-dir", type=Path, help="run directory (overrides run.dir)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop (writes nothing)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.config is None:
-        parser.error("--config FILE is required")
+    if (args.config is None) == (args.resume is None):
+        parser.error("give exactly one of --config FILE and --resume RUN_DIR")
+    if args.resume is not None and args.run_dir is not None:
+        parser.error("--resume continues RUN_DIR itself; --run-dir does not apply")
     return args
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The saved config of ``run_dir`` with the few keys that may change on resume."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+    changes = []
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key not in RESUMABLE:
+            raise ConfigError(f"--set {key}: cannot change when resuming; allowed: {', '.join(RESUMABLE)}")
+        changes.append(item)
+        if key in ("train.steps", "train.epochs"):
+            other = "train.epochs" if key == "train.steps" else "train.steps"
+            changes.append(f"{other}=null")
+    return config_module.load(saved, changes + [f"run.dir={run_dir}"])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        overrides = list(args.overrides) + ([f"run.dir={args.run_dir}"] if args.run_dir else [])
-        config = config_module.load(args.config, overrides)
-        placement = join(config.backend)
-        network = Network(config.workers, placement.rank, placement.world_size, placement.device)
+        if args.resume is not None:
+            config = resume_config(args.resume, args.overrides)
+        else:
+            overrides = list(args.overrides) + ([f"run.dir={args.run_dir}"] if args.run_dir else [])
+            config = config_module.load(args.config, overrides)
+        placement = join(config.backend, config.run.timeout_s)
+        check_same_config(config, placement)
+        network = Network(config.workers, placement.rank, placement.world_size, placement.device,
+                          timeout_s=config.run.timeout_s)
     except (ConfigError, NetworkError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -49,19 +84,98 @@ def main(argv: list[str] | None = None) -> int:
             if placement.rank == 0:
                 print(plan(config, placement))
             return 0
-        run_dir = choose_run_dir(Path(config.run.dir), explicit=args.run_dir is not None, placement=placement)
+        if args.resume is not None:
+            run_dir = args.resume
+        else:
+            run_dir = choose_run_dir(Path(config.run.dir), explicit=args.run_dir is not None, placement=placement)
         if run_dir is None:
             return 2
         trainer = Trainer(config, network, run_dir, progress=not args.no_progress)
+        if args.resume is not None and not restore(trainer, run_dir, placement):
+            return 2
         if placement.rank == 0:
             (run_dir / "config.yaml").write_text(config_module.dump(config))
+        stop_on_signals(trainer)
         start = time.perf_counter()
-        record = trainer.run()
+        try:
+            record = trainer.run()
+        except (PeerLostError, NonFiniteError) as exc:
+            print(f"error: process {placement.rank}: {exc}; {last_checkpoint(run_dir)}", file=sys.stderr)
+            return 3
         if placement.rank == 0:
-            print(summary(record, trainer, time.perf_counter() - start, run_dir))
+            if trainer.step < trainer.total_steps:
+                print(f"stopped at step {trainer.step} with a checkpoint; continue with --resume {run_dir}")
+            else:
+                print(summary(record, trainer, time.perf_counter() - start, run_dir))
         return 0
     finally:
         leave()
+
+
+def check_same_config(config: Config, placement: Placement) -> None:
+    """Every process must run the same config: compare with process 0's before any step."""
+    if placement.world_size == 1:
+        return
+    mine = _flatten(config_module.to_dict(config))
+    gathered: list[Any] = [None] * placement.world_size
+    dist.all_gather_object(gathered, mine)
+    for rank, theirs in enumerate(gathered):
+        differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differing:
+            raise ConfigError(f"process {rank}'s config differs from process {placement.rank}'s at: "
+                              f"{', '.join(differing)}; every process must run the same config")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def restore(trainer: Trainer, run_dir: Path, placement: Placement) -> bool:
+    """Load the newest complete checkpoint (found by process 0) and drop the metrics written after
+    it, and the closing record of the stopped run if it fell off the ``eval_every`` grid."""
+    choice: list[str | None] = [None]
+    if placement.rank == 0:
+        found = checkpoint.find_latest(run_dir)
+        choice = [None if found is None else found.name]
+    if placement.world_size > 1:
+        dist.broadcast_object_list(choice, src=0)
+    if choice[0] is None:
+        if placement.rank == 0:
+            print(f"error: {run_dir} has no complete checkpoint to resume from", file=sys.stderr)
+        return False
+    trainer.restore(run_dir / checkpoint.DIRECTORY / choice[0])
+    if placement.rank == 0:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists():
+            every = trainer.config.train.eval_every
+            kept = [line for line in metrics.read_text().splitlines()
+                    if json.loads(line)["step"] <= trainer.step and json.loads(line)["step"] % every == 0]
+            metrics.write_text("".join(line + "\n" for line in kept))
+        print(f"resuming {run_dir} from step {trainer.step}", file=sys.stderr)
+    return True
+
+
+def stop_on_signals(trainer: Trainer) -> None:
+    """SIGTERM/SIGINT: finish the current step, save a checkpoint, stop. A second SIGINT interrupts."""
+    def request_stop(signum: int, frame: object) -> None:
+        trainer.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+
+def last_checkpoint(run_dir: Path) -> str:
+    found = checkpoint.complete_checkpoints(run_dir / checkpoint.DIRECTORY)
+    if not found:
+        return "no checkpoint was saved yet"
+    return f"the last complete checkpoint is step {checkpoint.manifest_step(found[0])}: resume with --resume {run_dir}"
 
 
 def choose_run_dir(requested: Path, explicit: bool, placement: Placement) -> Path | None:
@@ -110,6 +224,8 @@ def plan(config: Config, placement: Placement) -> str:
 
 
 def summary(record: dict, trainer: Trainer, seconds: float, run_dir: Path) -> str:
+    if not record:
+        return f"done: {trainer.step} steps in {seconds:.1f} s (nothing left to train); run dir {run_dir}"
     metric = f"eval_{trainer.task.metric}"
     parts = [f"done: {trainer.step} steps in {seconds:.1f} s", f"train_loss {record['train_loss']:.4f}",
              f"eval_loss {record['eval_loss']:.4f}"]

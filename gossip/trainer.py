@@ -1,6 +1,7 @@
 """The training loop: every step the local workers draw their batches, the algorithm runs its
 gossip round(s) and gradient step, the learning rate follows the schedule; every ``eval_every``
-steps the run is measured and logged to ``RUN_DIR/metrics.jsonl``."""
+steps the run is measured and logged to ``RUN_DIR/metrics.jsonl``; every ``checkpoint_every``
+steps, at the end and when asked to stop, every worker's complete state is saved."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from gossip import checkpoint
 from gossip.algorithms import ALGORITHMS, Algorithm
 from gossip.config import Config
 from gossip.network import Network
@@ -21,6 +23,13 @@ from gossip.optim import learning_rate
 from gossip.seeding import seed_for
 from gossip.tasks import TASKS, Task
 from gossip.worker import Worker
+
+
+STOP_POLL = 10
+
+
+class NonFiniteError(RuntimeError):
+    """A worker's loss or parameters stopped being finite."""
 
 
 class Trainer:
@@ -52,6 +61,8 @@ class Trainer:
         self.loss_count = 0
         self.time = {"compute": 0.0, "codec": 0.0, "comm": 0.0}
         self.history: list[dict[str, Any]] = []
+        self.stop_requested = False
+        self.saved_step: int | None = None
 
     # --- one step -------------------------------------------------------------------------
 
@@ -83,26 +94,85 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Train to ``total_steps``, measuring every ``eval_every`` steps; returns the last record."""
+        """Train to ``total_steps`` (or until :attr:`stop_requested`), measuring every ``eval_every``
+        steps and saving every ``checkpoint_every`` steps and at the end; returns the last record."""
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
                    desc=f"{self.config.algorithm.name} n={self.config.workers}", unit="step", dynamic_ncols=True)
         record: dict[str, Any] = {}
+        train = self.config.train
         with bar:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not self._should_stop():
                 self.train_step()
+                self._check_finite()
                 bar.update(1)
-                if self.step % self.config.train.eval_every == 0 or self.step == self.total_steps:
-                    record = self.measure()
+                on_grid = self.step % train.eval_every == 0
+                if on_grid or self.step == self.total_steps:
+                    record = self.measure(restart_window=on_grid)
                     self.log(record)
                     bar.set_postfix(self._short(record))
+                if train.checkpoint_every and self.step % train.checkpoint_every == 0:
+                    self.save_checkpoint()
+        if self.saved_step != self.step:
+            self.save_checkpoint()
         return record
 
-    def measure(self) -> dict[str, Any]:
-        """Everything DESIGN.md lists for ``metrics.jsonl``, over all workers of the job."""
+    def _should_stop(self) -> bool:
+        """True when any process was asked to stop (agreed every ``STOP_POLL`` steps across processes)."""
+        if self.network.world_size == 1:
+            return self.stop_requested
+        if self.step % STOP_POLL:
+            return False
+        flag = torch.tensor([float(self.stop_requested)], device=self.network.device)
+        return bool(self.network.all_reduce_sum(flag).item() > 0)
+
+    def _check_finite(self) -> None:
+        finite = torch.isfinite(self.loss_sum)
+        if not bool(finite.all()):
+            worker = self.workers[int((~finite).nonzero()[0])].id
+            raise NonFiniteError(f"non-finite training loss on worker {worker} at step {self.step}")
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def worker_checkpoint(self, k: int) -> dict[str, Any]:
+        """Everything needed to continue worker ``k`` (local index) bit-exactly."""
+        w = self.workers[k]
+        return {"worker": w.state_dict(), "algorithm": self.algorithm.worker_state(w),
+                "stream": self.streams[w.id].state_dict(), "memory": w.memory,
+                "bytes_sent": self.network.bytes_sent[w.id], "loss_sum": self.loss_sum[k],
+                "loss_count": self.loss_count, "step": self.step, "time": dict(self.time)}
+
+    def save_checkpoint(self) -> None:
+        if self.run_dir is None:
+            return
+        states = {w.id: self.worker_checkpoint(k) for k, w in enumerate(self.workers)}
+        checkpoint.save(self.run_dir, self.step, states, self.network.world_size, self.network.rank,
+                        self.config.workers)
+        self.saved_step = self.step
+
+    def restore(self, directory: Path) -> None:
+        """Continue from a verified checkpoint directory (any number of processes)."""
+        for k, w in enumerate(self.workers):
+            state = checkpoint.load_worker(directory, w.id, self.network.device)
+            w.load_state_dict(state["worker"])
+            self.algorithm.load_worker_state(w, state["algorithm"])
+            self.streams[w.id].load_state_dict(state["stream"])
+            w.memory = state["memory"]
+            self.network.bytes_sent[w.id] = state["bytes_sent"]
+            self.loss_sum[k] = state["loss_sum"]
+            self.loss_count, self.step, self.time = state["loss_count"], state["step"], state["time"]
+        self.saved_step = self.step
+
+    def measure(self, restart_window: bool = True) -> dict[str, Any]:
+        """Everything DESIGN.md lists for ``metrics.jsonl``, over all workers of the job.
+
+        ``train_loss`` averages the steps since the last record on the ``eval_every`` grid; a
+        record off the grid (the last step of a run) leaves that window open, so a resumed run
+        logs the same values as an uninterrupted one."""
         net = self.network
         losses = net.gather_per_worker(self.loss_sum / max(1, self.loss_count))
-        self.loss_sum.zero_()
-        self.loss_count = 0
+        if restart_window:
+            self.loss_sum.zero_()
+            self.loss_count = 0
         mean_params = net.mean_over_workers([w.params for w in self.workers])
         distances = net.gather_per_worker(torch.stack([(w.params - mean_params).pow(2).sum() for w in self.workers]))
         sent = net.gather_per_worker([float(net.bytes_sent[w.id]) for w in self.workers])
