@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -312,6 +313,8 @@ def _parse_value(hint: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {_describe(value)}")
         return value
     if hint is float:
+        if isinstance(value, str) and _SCIENTIFIC.match(value):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {_describe(value)}")
         if value != value or value in (float("inf"), float("-inf")):
@@ -322,6 +325,9 @@ def _parse_value(hint: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a string, got {_describe(value)}")
         return value
     raise TypeError(f"unsupported config type {hint!r} at {path}")
+
+
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 def _check_bounds(value: Any, bounds: dict[str, float], path: str) -> None:

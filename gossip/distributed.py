@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +21,7 @@ class Placement:
     local_rank: int
     backend: str | None
     device: torch.device
+    heartbeat: "Heartbeat | None" = None
 
 
 def resolve_backend(backend: str, local_world_size: int) -> tuple[str, str]:
@@ -50,9 +53,54 @@ def join(backend: str = "auto", timeout_s: float = 300.0) -> Placement:
     if not dist.is_initialized():
         kwargs = {"device_id": device} if device_type == "cuda" else {}
         dist.init_process_group(name, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
-    return Placement(rank, world_size, local_rank, name, device)
+    heartbeat = Heartbeat(dist.distributed_c10d._get_default_store(), rank)
+    return Placement(rank, world_size, local_rank, name, device, heartbeat)
 
 
-def leave() -> None:
+class Heartbeat:
+    """Every process bumps a counter in the job's store every ``interval`` seconds (from a daemon
+    thread), so that when a round fails the survivors can tell which peers stopped: those whose
+    counter no longer moves. The store lives in process 0: when it is unreachable, process 0 is lost."""
+
+    def __init__(self, store: dist.Store, rank: int, interval: float = 0.5) -> None:
+        self.store, self.rank, self.interval = store, rank, interval
+        self._stop = threading.Event()
+        threading.Thread(target=self._beat, name="gossip-heartbeat", daemon=True).start()
+
+    def _key(self, rank: int) -> str:
+        return f"gossip/heartbeat/{rank}"
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.store.add(self._key(self.rank), 1)
+            except Exception:  # the store is gone: nothing left to tell
+                return
+            self._stop.wait(self.interval)
+
+    def lost(self, candidates: list[int]) -> list[int]:
+        """The ranks among ``candidates`` that stopped beating (waits a few intervals). The first
+        process to decide records its verdict, so that processes which stop because of the loss
+        are not taken for lost ones by those that notice later."""
+        verdict = "gossip/lost"
+        try:
+            if self.store.check([verdict]):
+                return [int(r) for r in self.store.get(verdict).decode().split(",") if r]
+            before = {r: self.store.add(self._key(r), 0) for r in candidates}
+            time.sleep(4 * self.interval)
+            after = {r: self.store.add(self._key(r), 0) for r in candidates}
+            lost = [r for r in candidates if after[r] == before[r]]
+            self.store.compare_set(verdict, "", ",".join(map(str, lost)))
+            return [int(r) for r in self.store.get(verdict).decode().split(",") if r]
+        except Exception:
+            return [0]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def leave(placement: Placement | None = None) -> None:
+    if placement is not None and placement.heartbeat is not None:
+        placement.heartbeat.stop()
     if dist.is_initialized():
         dist.destroy_process_group()

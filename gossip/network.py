@@ -13,8 +13,10 @@ in-memory pairs included: they would cross a wire in a real deployment.
 from __future__ import annotations
 
 import datetime
+import re
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -56,7 +58,7 @@ class Network:
     """The workers of one process and the message rounds between all workers of the job."""
 
     def __init__(self, workers: int, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu", timeout_s: float = 600.0) -> None:
+                 device: torch.device | str = "cpu", timeout_s: float = 600.0, heartbeat: Any = None) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise NetworkError(f"rank {rank} is not in a job of {world_size} processes")
         if workers % world_size:
@@ -71,6 +73,7 @@ class Network:
         self.bytes_sent = [0] * workers
         self.comm_wait_s = 0.0
         self.timeout = datetime.timedelta(seconds=timeout_s)
+        self.heartbeat = heartbeat
 
     def owner(self, worker: int) -> int:
         """The rank of the process that hosts ``worker``."""
@@ -124,12 +127,18 @@ class Network:
     def workers_of(self, rank: int) -> range:
         return range(rank * self.per_process, (rank + 1) * self.per_process)
 
-    def describe_lost(self, peers: list[int], exc: BaseException) -> str:
-        """One line naming the processes (and their workers) a failed round talked to."""
-        names = ", ".join(f"process {r} (workers {self.workers_of(r).start}-{self.workers_of(r).stop - 1})"
-                          for r in peers)
-        reason = " ".join(str(exc).split())[:200]
-        return f"lost contact with {names or 'a peer process'} within {self.timeout.total_seconds():g} s: {reason}"
+    def describe_lost(self, peers: list[int] | None, exc: BaseException) -> str:
+        """One line naming the lost processes and their workers: among ``peers`` (default: all
+        others), those whose heartbeat stopped; all of ``peers`` if there is no heartbeat."""
+        candidates = [r for r in range(self.world_size) if r != self.rank] if peers is None else peers
+        lost = self.heartbeat.lost(candidates) if self.heartbeat is not None else candidates
+        names = ", ".join(f"process {r} ({self._workers_text(r)})" for r in lost or candidates)
+        reason = re.sub(r"\[[^\]]*\]:?\s*", "", " ".join(str(exc).split())).split(". ")[0]
+        return f"lost contact with {names} (timeout {self.timeout.total_seconds():g} s: {reason})"
+
+    def _workers_text(self, rank: int) -> str:
+        block = self.workers_of(rank)
+        return f"worker {block.start}" if len(block) == 1 else f"workers {block.start}-{block.stop - 1}"
 
     def _tag(self, src: int, dst: int) -> int:
         return src * self.n + dst
@@ -140,7 +149,10 @@ class Network:
         """Sum ``tensor`` over the processes, in place (a no-op with one process)."""
         if self.world_size > 1:
             start = time.perf_counter()
-            dist.all_reduce(tensor)
+            try:
+                dist.all_reduce(tensor)
+            except RuntimeError as exc:
+                raise PeerLostError(self.describe_lost(None, exc)) from None
             self.comm_wait_s += time.perf_counter() - start
         return tensor
 

@@ -9,12 +9,13 @@ or SIGINT stops the run after the current step with a checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch.distributed as dist
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         placement = join(config.backend, config.run.timeout_s)
         check_same_config(config, placement)
         network = Network(config.workers, placement.rank, placement.world_size, placement.device,
-                          timeout_s=config.run.timeout_s)
+                          timeout_s=config.run.timeout_s, heartbeat=placement.heartbeat)
     except (ConfigError, NetworkError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -95,11 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if placement.rank == 0:
             (run_dir / "config.yaml").write_text(config_module.dump(config))
-        stop_on_signals(trainer)
         start = time.perf_counter()
         try:
-            record = trainer.run()
-        except (PeerLostError, NonFiniteError) as exc:
+            with stop_on_signals(trainer):
+                record = trainer.run()
+        except (PeerLostError, dist.DistError) as exc:
+            lost = exc if isinstance(exc, PeerLostError) else PeerLostError(network.describe_lost(None, exc))
+            print(f"error: process {placement.rank}: {lost}; {last_checkpoint(run_dir)}", file=sys.stderr)
+            return 3
+        except NonFiniteError as exc:
             print(f"error: process {placement.rank}: {exc}; {last_checkpoint(run_dir)}", file=sys.stderr)
             return 3
         if placement.rank == 0:
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(summary(record, trainer, time.perf_counter() - start, run_dir))
         return 0
     finally:
-        leave()
+        leave(placement)
 
 
 def check_same_config(config: Config, placement: Placement) -> None:
@@ -161,14 +166,20 @@ def restore(trainer: Trainer, run_dir: Path, placement: Placement) -> bool:
     return True
 
 
-def stop_on_signals(trainer: Trainer) -> None:
-    """SIGTERM/SIGINT: finish the current step, save a checkpoint, stop. A second SIGINT interrupts."""
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """While training, SIGTERM/SIGINT finish the current step, save a checkpoint and stop; a second
+    SIGINT interrupts at once. The previous handlers come back afterwards."""
     def request_stop(signum: int, frame: object) -> None:
         trainer.stop_requested = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def last_checkpoint(run_dir: Path) -> str:

@@ -36,6 +36,7 @@ def test_set_overrides_are_typed_by_the_dataclass():
                        "optimizer.nesterov=true", "schedule.milestones=[3, 4]"])
     assert (config.optimizer.lr, config.workers, config.algorithm.name, config.task.dim) == (0.5, 6, "allreduce", 3)
     assert config.optimizer.nesterov is True and config.schedule.milestones == [3.0, 4.0]
+    assert load({}, ["optimizer.lr=1e-3"]).optimizer.lr == 1e-3  # YAML 1.1 reads 1e-3 as a string
     assert "expected an integer" in error_of({}, ["workers=many"])
 
 
