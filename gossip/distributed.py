@@ -90,8 +90,10 @@ class Heartbeat:
             time.sleep(4 * self.interval)
             after = {r: self.store.add(self._key(r), 0) for r in candidates}
             lost = [r for r in candidates if after[r] == before[r]]
-            self.store.compare_set(verdict, "", ",".join(map(str, lost)))
-            return [int(r) for r in self.store.get(verdict).decode().split(",") if r]
+            if lost:
+                self.store.compare_set(verdict, "", ",".join(map(str, lost)))
+                return [int(r) for r in self.store.get(verdict).decode().split(",") if r]
+            return []
         except Exception:
             return [0]
 

@@ -128,11 +128,11 @@ class Network:
         return range(rank * self.per_process, (rank + 1) * self.per_process)
 
     def describe_lost(self, peers: list[int] | None, exc: BaseException) -> str:
-        """One line naming the lost processes and their workers: among ``peers`` (default: all
-        others), those whose heartbeat stopped; all of ``peers`` if there is no heartbeat."""
-        candidates = [r for r in range(self.world_size) if r != self.rank] if peers is None else peers
-        lost = self.heartbeat.lost(candidates) if self.heartbeat is not None else candidates
-        names = ", ".join(f"process {r} ({self._workers_text(r)})" for r in lost or candidates)
+        """One line naming the lost processes and their workers: those whose heartbeat stopped
+        (a hang anywhere stalls everyone), else the round's ``peers`` (default: all others)."""
+        others = [r for r in range(self.world_size) if r != self.rank]
+        lost = self.heartbeat.lost(others) if self.heartbeat is not None else []
+        names = ", ".join(f"process {r} ({self._workers_text(r)})" for r in lost or peers or others)
         reason = re.sub(r"\[[^\]]*\]:?\s*", "", " ".join(str(exc).split())).split(". ")[0]
         return f"lost contact with {names} (timeout {self.timeout.total_seconds():g} s: {reason})"
 

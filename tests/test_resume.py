@@ -146,17 +146,23 @@ def _finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, st
     return results
 
 
-def test_a_killed_process_stops_the_others_naming_it_and_the_run_resumes(tmp_path):
+@pytest.mark.parametrize("failure", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_lost_process_stops_the_others_naming_it_and_the_run_resumes(tmp_path, failure):
+    """A process that dies (SIGKILL) or hangs (SIGSTOP) ends the others within the timeout."""
     run_dir = tmp_path / "run"
     args = ["--config", CONFIG, "--run-dir", str(run_dir), "--set", "train.steps=1000000",
-            "--set", "run.timeout_s=30", *BASE]
+            "--set", "run.timeout_s=5", *BASE]
     procs = _start_job(lambda rank: args, 4)
     deadline = time.time() + 120
     while not (run_dir / "checkpoints/latest.json").exists():
         assert time.time() < deadline and all(p.poll() is None for p in procs), "the job did not start"
         time.sleep(0.2)
-    procs[2].send_signal(signal.SIGKILL)
-    results = _finish(procs, timeout=60)
+    procs[2].send_signal(failure)
+    try:
+        results = {rank: result for rank, result in zip((0, 1, 3), _finish([procs[0], procs[1], procs[3]], 30))}
+    finally:
+        procs[2].kill()
+        procs[2].communicate()
     for rank in (0, 1, 3):
         code, err = results[rank]
         assert code == 3, err
