@@ -244,6 +244,23 @@ def fields_reference() -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def reference_markdown() -> str:
+    """docs/configuration.md: every key with its type, default and meaning (generated, so that it
+    cannot drift from the dataclasses; ``scripts/config_reference.py`` writes it)."""
+    lines = ["# Configuration reference", "",
+             "Generated from the config dataclasses by `python scripts/config_reference.py`; a test fails",
+             "when this page is stale. Keys are set in the YAML file or with `--set key=value`.",
+             "`algorithm[NAME].key` and `task[NAME].key` exist when `algorithm.name` / `task.name` is NAME.", ""]
+    section = None
+    for path, type_name, default, help_text in fields_reference():
+        top = path.split(".")[0].split("[")[0] if ("." in path or "[" in path) else "top level"
+        if top != section:
+            section = top
+            lines += ["", f"## {top}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines.append(f"| `{path}` | {type_name.replace('|', '&#124;')} | `{default}` | {help_text.replace('|', '&#124;')} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # Parsing machinery
 
