@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gossip.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -31,7 +33,7 @@ def resolve_backend(backend: str, local_world_size: int) -> tuple[str, str]:
     """
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if backend == "nccl" and gpus < local_world_size:
-        raise RuntimeError(f"backend: nccl needs one GPU per process; this node has {gpus} GPUs "
+        raise ConfigError(f"backend: nccl needs one GPU per process; this node has {gpus} GPUs "
                            f"for {local_world_size} processes (use backend: gloo)")
     if backend == "auto":
         backend = "nccl" if gpus >= local_world_size and gpus > 0 else "gloo"

@@ -27,7 +27,7 @@ from gossip.network import Network, NetworkError, PeerLostError
 from gossip.trainer import NonFiniteError, Trainer
 
 # Keys that may change when a run is resumed; everything else is the run's own.
-RESUMABLE = ("train.steps", "train.epochs", "train.eval_every", "train.checkpoint_every", "run.timeout_s")
+RESUMABLE = ("train.steps", "train.epochs", "train.eval_every", "train.checkpoint_every", "run.timeout_s", "backend")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,47 +74,55 @@ def main(argv: list[str] | None = None) -> int:
             overrides = list(args.overrides) + ([f"run.dir={args.run_dir}"] if args.run_dir else [])
             config = config_module.load(args.config, overrides)
         placement = join(config.backend, config.run.timeout_s)
-        check_same_config(config, placement)
-        network = Network(config.workers, placement.rank, placement.world_size, placement.device,
-                          timeout_s=config.run.timeout_s, heartbeat=placement.heartbeat)
-    except (ConfigError, NetworkError) as exc:
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        if args.dry_run:
-            if placement.rank == 0:
-                print(plan(config, placement))
-            return 0
-        if args.resume is not None:
-            run_dir = args.resume
-        else:
-            run_dir = choose_run_dir(Path(config.run.dir), explicit=args.run_dir is not None, placement=placement)
-        if run_dir is None:
-            return 2
-        trainer = Trainer(config, network, run_dir, progress=not args.no_progress)
-        if args.resume is not None and not restore(trainer, run_dir, placement):
-            return 2
-        if placement.rank == 0:
-            (run_dir / "config.yaml").write_text(config_module.dump(config))
-        start = time.perf_counter()
-        try:
-            with stop_on_signals(trainer):
-                record = trainer.run()
-        except (PeerLostError, dist.DistError) as exc:
-            lost = exc if isinstance(exc, PeerLostError) else PeerLostError(network.describe_lost(None, exc))
-            print(f"error: process {placement.rank}: {lost}; {last_checkpoint(run_dir)}", file=sys.stderr)
-            return 3
-        except NonFiniteError as exc:
-            print(f"error: process {placement.rank}: {exc}; {last_checkpoint(run_dir)}", file=sys.stderr)
-            return 3
-        if placement.rank == 0:
-            if trainer.step < trainer.total_steps:
-                print(f"stopped at step {trainer.step} with a checkpoint; continue with --resume {run_dir}")
-            else:
-                print(summary(record, trainer, time.perf_counter() - start, run_dir))
-        return 0
+        return run(args, config, placement)
+    except (ConfigError, NetworkError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         leave(placement)
+
+
+def run(args: argparse.Namespace, config: Config, placement: Placement) -> int:
+    """Everything after joining the job: checks, dry run or training."""
+    check_same_config(config, placement)
+    network = Network(config.workers, placement.rank, placement.world_size, placement.device,
+                      timeout_s=config.run.timeout_s, heartbeat=placement.heartbeat)
+    if args.dry_run:
+        if placement.rank == 0:
+            print(plan(config, placement))
+        return 0
+    if args.resume is not None:
+        run_dir = args.resume
+    else:
+        run_dir = choose_run_dir(Path(config.run.dir), explicit=args.run_dir is not None, placement=placement)
+    if run_dir is None:
+        return 2
+    trainer = Trainer(config, network, run_dir, progress=not args.no_progress)
+    if args.resume is not None and not restore(trainer, run_dir, placement):
+        return 2
+    if placement.rank == 0:
+        (run_dir / "config.yaml").write_text(config_module.dump(config))
+    start = time.perf_counter()
+    try:
+        with stop_on_signals(trainer):
+            record = trainer.run()
+    except (PeerLostError, dist.DistError) as exc:
+        lost = exc if isinstance(exc, PeerLostError) else PeerLostError(network.describe_lost(None, exc))
+        print(f"error: process {placement.rank}: {lost}; {last_checkpoint(run_dir)}", file=sys.stderr)
+        return 3
+    except NonFiniteError as exc:
+        print(f"error: process {placement.rank}: {exc}; {last_checkpoint(run_dir)}", file=sys.stderr)
+        return 3
+    if placement.rank == 0:
+        if trainer.step < trainer.total_steps:
+            print(f"stopped at step {trainer.step} with a checkpoint; continue with --resume {run_dir}")
+        else:
+            print(summary(record, trainer, time.perf_counter() - start, run_dir))
+    return 0
 
 
 def check_same_config(config: Config, placement: Placement) -> None:

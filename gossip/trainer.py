@@ -29,7 +29,7 @@ STOP_POLL = 10
 
 
 class NonFiniteError(RuntimeError):
-    """A worker's loss or parameters stopped being finite."""
+    """A worker's training loss stopped being finite."""
 
 
 class Trainer:
@@ -63,6 +63,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.stop_requested = False
         self.saved_step: int | None = None
+        # Reading the losses syncs with the device: every step on CPU, every STOP_POLL on a GPU.
+        self.finite_check_every = 1 if network.device.type == "cpu" else STOP_POLL
 
     # --- one step -------------------------------------------------------------------------
 
@@ -103,7 +105,8 @@ class Trainer:
         with bar:
             while self.step < self.total_steps and not self._should_stop():
                 self.train_step()
-                self._check_finite()
+                if self.step % self.finite_check_every == 0:
+                    self._check_finite()
                 bar.update(1)
                 on_grid = self.step % train.eval_every == 0
                 if on_grid or self.step == self.total_steps:
@@ -169,6 +172,7 @@ class Trainer:
         record off the grid (the last step of a run) leaves that window open, so a resumed run
         logs the same values as an uninterrupted one."""
         net = self.network
+        self._check_finite()
         losses = net.gather_per_worker(self.loss_sum / max(1, self.loss_count))
         if restart_window:
             self.loss_sum.zero_()

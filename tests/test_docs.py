@@ -49,6 +49,14 @@ def test_readme_library_example_reaches_consensus(capsys):
     assert float(capsys.readouterr().out.split()[-1]) < 0.1
 
 
+def test_topology_table_is_current():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/topology_table.py")], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in (ROOT / "docs/topologies.md").read_text(), \
+        "stale: paste the output of python scripts/topology_table.py into docs/topologies.md"
+
+
 def test_configuration_reference_is_current():
     page = ROOT / "docs" / "configuration.md"
     assert page.read_text() == reference_markdown(), "stale: run python scripts/config_reference.py"
