@@ -1,0 +1,33 @@
+"""Local SGD with no communication: every worker trains alone. The reference row that tells how
+much of a step is communication (benchmarks) and how far the workers drift apart without it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+from gossip.algorithms.base import Algorithm
+from gossip.config import option
+from topologies import Topology
+
+
+@dataclass
+class LocalOptions:
+    """Local SGD has no hyperparameters of its own."""
+
+    name: Literal["local"] = option("local", help="local SGD: no communication at all")
+
+
+class Local(Algorithm):
+    Options = LocalOptions
+
+    @classmethod
+    def bytes_per_step(cls, options: LocalOptions, shapes: list[torch.Size], topology: Topology, worker: int) -> int:
+        return 0
+
+    def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
+        compute_gradients()
+        for w in self.workers:
+            w.optimizer.step(w.params, w.grads, lr)
