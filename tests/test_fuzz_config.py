@@ -40,8 +40,8 @@ def dry_run(text: str, sets: list[str], capsys) -> None:
         path = Path(tmp) / "config.yaml"
         path.write_text(text)
         args = ["--config", str(path), "--dry-run", "--set", "train.steps=1"]
-        for item in sets:
-            args += ["--set", item]
+        args += [f"--set={item}" for item in sets]  # the = form: a value may start with '-'
+
         code = main(args)
         err = capsys.readouterr().err.strip()
         assert code in (0, 2), err

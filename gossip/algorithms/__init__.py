@@ -2,13 +2,19 @@
 
 from gossip.algorithms.allreduce import AllReduce, AllReduceOptions
 from gossip.algorithms.base import Algorithm
+from gossip.algorithms.choco import Choco, ChocoOptions
+from gossip.algorithms.deepsqueeze import DeepSqueeze, DeepSqueezeOptions
 from gossip.algorithms.dpsgd import DPSGD, DPSGDOptions
 from gossip.algorithms.local import Local, LocalOptions
+from gossip.algorithms.moniqua import Moniqua, MoniquaOptions
 from gossip.config import Registry
 
 ALGORITHMS = Registry("algorithm")
 ALGORITHMS.register("dpsgd", DPSGDOptions, DPSGD)
 ALGORITHMS.register("allreduce", AllReduceOptions, AllReduce)
 ALGORITHMS.register("local", LocalOptions, Local)
+ALGORITHMS.register("choco", ChocoOptions, Choco)
+ALGORITHMS.register("deepsqueeze", DeepSqueezeOptions, DeepSqueeze)
+ALGORITHMS.register("moniqua", MoniquaOptions, Moniqua)
 
-__all__ = ["ALGORITHMS", "Algorithm", "AllReduce", "DPSGD"]
+__all__ = ["ALGORITHMS", "Algorithm", "AllReduce", "Choco", "DPSGD", "DeepSqueeze", "Moniqua"]
