@@ -7,6 +7,7 @@ from gossip.algorithms.deepsqueeze import DeepSqueeze, DeepSqueezeOptions
 from gossip.algorithms.dpsgd import DPSGD, DPSGDOptions
 from gossip.algorithms.local import Local, LocalOptions
 from gossip.algorithms.moniqua import Moniqua, MoniquaOptions
+from gossip.algorithms.powergossip import PowerGossip, PowerGossipOptions
 from gossip.config import Registry
 
 ALGORITHMS = Registry("algorithm")
@@ -16,5 +17,6 @@ ALGORITHMS.register("local", LocalOptions, Local)
 ALGORITHMS.register("choco", ChocoOptions, Choco)
 ALGORITHMS.register("deepsqueeze", DeepSqueezeOptions, DeepSqueeze)
 ALGORITHMS.register("moniqua", MoniquaOptions, Moniqua)
+ALGORITHMS.register("powergossip", PowerGossipOptions, PowerGossip)
 
-__all__ = ["ALGORITHMS", "Algorithm", "AllReduce", "Choco", "DPSGD", "DeepSqueeze", "Moniqua"]
+__all__ = ["ALGORITHMS", "Algorithm", "AllReduce", "Choco", "DPSGD", "DeepSqueeze", "Moniqua", "PowerGossip"]
