@@ -31,15 +31,17 @@ from gossip.seeding import generator
 class MatrixPlan:
     """Which parameters are compressed, grouped by matrix shape, and which travel uncompressed.
 
-    ``groups`` lists ``((rows, cols), [view indices])``; ``dense_index`` holds the flat-vector
+    ``groups`` lists ``((rows, cols), [view indices])``; ``ranks`` the rank used for each group
+    (the requested rank, at most ``min(rows, cols)``); ``dense_index`` holds the flat-vector
     positions of the uncompressed entries (1-D tensors, and matrices below ``min_size``).
     """
 
     groups: list[tuple[tuple[int, int], list[int]]]
+    ranks: list[int]
     dense_index: torch.Tensor
 
     @classmethod
-    def from_shapes(cls, shapes: list[torch.Size], min_size: int = 0) -> "MatrixPlan":
+    def from_shapes(cls, shapes: list[torch.Size], min_size: int = 0, rank: int = 1) -> "MatrixPlan":
         by_shape: dict[tuple[int, int], list[int]] = {}
         dense: list[torch.Tensor] = []
         offset = 0
@@ -51,11 +53,12 @@ class MatrixPlan:
                 dense.append(torch.arange(offset, offset + numel))
             offset += numel
         dense_index = torch.cat(dense) if dense else torch.zeros(0, dtype=torch.long)
-        return cls(sorted(by_shape.items()), dense_index)
+        groups = sorted(by_shape.items())
+        return cls(groups, [min(rank, *shape) for shape, _ in groups], dense_index)
 
-    def projection_floats(self, side: int, rank: int) -> int:
+    def projection_floats(self, side: int) -> int:
         """Floats one endpoint sends per edge in a round on ``side`` (0: right, 1: left)."""
-        return sum(len(members) * shape[side] * rank for shape, members in self.groups)
+        return sum(len(members) * shape[side] * rank for (shape, members), rank in zip(self.groups, self.ranks))
 
 
 def orthonormalize(v: torch.Tensor) -> torch.Tensor:
@@ -69,12 +72,12 @@ class EdgeCompressor:
     """One endpoint's state for the edge ``{owner, peer}``: ``v`` per shape group, the side, and
     the edge's generator."""
 
-    def __init__(self, owner: int, peer: int, plan: MatrixPlan, seed: int, rank: int = 1,
-                 warm_start: bool = True, device: torch.device | str = "cpu") -> None:
+    def __init__(self, owner: int, peer: int, plan: MatrixPlan, seed: int, warm_start: bool = True,
+                 device: torch.device | str = "cpu") -> None:
         self.owner, self.peer = owner, peer
         self.lo, self.hi = min(owner, peer), max(owner, peer)
         self.sign = 1.0 if owner == self.lo else -1.0
-        self.plan, self.rank, self.warm_start = plan, rank, warm_start
+        self.plan, self.warm_start = plan, warm_start
         self.generator = generator(seed, "powergossip", self.lo, self.hi, device=device)
         self.side = 0  # 0: v on the right (n_cols), 1: v on the left (n_rows)
         self.vectors = self._draw()
@@ -82,8 +85,9 @@ class EdgeCompressor:
 
     def _draw(self) -> list[torch.Tensor]:
         """Fresh shared vectors for the current side, from the edge's generator."""
-        return [torch.randn(len(members), shape[1 - self.side], self.rank, generator=self.generator,
-                            device=self.generator.device) for shape, members in self.plan.groups]
+        return [torch.randn(len(members), shape[1 - self.side], rank, generator=self.generator,
+                            device=self.generator.device)
+                for (shape, members), rank in zip(self.plan.groups, self.plan.ranks)]
 
     def project(self, stacks: list[torch.Tensor]) -> torch.Tensor:
         """This endpoint's message for the round: ``M v̂`` (right) or ``Mᵀ v̂`` (left) for every
@@ -93,7 +97,7 @@ class EdgeCompressor:
         self._normalized = [orthonormalize(v) for v in self.vectors]
         parts = [torch.bmm(m, v) if self.side == 0 else torch.bmm(m.transpose(1, 2), v)
                  for m, v in zip(stacks, self._normalized)]
-        return torch.cat([p.reshape(-1) for p in parts]) if parts else torch.zeros(0)
+        return torch.cat([p.reshape(-1) for p in parts]) if parts else torch.zeros(0, device=self.generator.device)
 
     def update_factors(self, own: torch.Tensor, theirs: torch.Tensor, weight: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per shape group, ``(A, B)`` with ``A Bᵀ`` this endpoint's update ``w·sgn·d v̂ᵀ`` (right)
@@ -103,9 +107,9 @@ class EdgeCompressor:
         factors = []
         offset = 0
         next_vectors = []
-        for (shape, members), v_hat, v in zip(self.plan.groups, self._normalized, self.vectors):
-            length = len(members) * shape[self.side] * self.rank
-            d = difference[offset:offset + length].view(len(members), shape[self.side], self.rank)
+        for (shape, members), rank, v_hat, v in zip(self.plan.groups, self.plan.ranks, self._normalized, self.vectors):
+            length = len(members) * shape[self.side] * rank
+            d = difference[offset:offset + length].view(len(members), shape[self.side], rank)
             offset += length
             scaled = d * (weight * self.sign)
             factors.append((scaled, v_hat) if self.side == 0 else (v_hat, scaled))

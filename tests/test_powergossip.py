@@ -155,13 +155,31 @@ def test_counted_bytes_equal_the_analytic_formula(iterations, min_size):
     assert per_step == 4 * 4 * (iterations * (rows + cols) / 2 + dense)
 
 
+def test_rank_is_capped_by_the_smaller_side_of_each_matrix():
+    """Asking for more columns than a matrix's smaller side uses min(rows, cols) columns."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 1), nn.Linear(1, 3, bias=False), nn.Linear(3, 8, bias=False))
+    workers = make_workers(model, range(4))
+    network = Network(4)
+    options = PowerGossipOptions(rank=4, iterations=3)
+    algorithm = PowerGossip(topologies.ring(4), network, workers, options=options)
+    assert algorithm.plan.ranks == [1, 1, 3]
+    mean, before = torch.stack([w.params for w in workers]).mean(0), distance(workers)
+    for t in range(2):
+        algorithm.step(t, 0.1, no_gradient)
+    assert torch.allclose(torch.stack([w.params for w in workers]).mean(0), mean, atol=1e-6)
+    assert distance(workers) < before / 2
+    shapes = [v.shape for v in workers[0].views]
+    assert network.bytes_sent == [2 * PowerGossip.bytes_per_step(options, shapes, topologies.ring(4), 0)] * 4
+
+
 def test_placement_does_not_change_training(tmp_path):
     args = ["--config", str(ROOT / "configs/logistic.yaml"), "--set", "workers=4", "--set", "train.steps=40",
             "--set", "train.eval_every=10", "--set", "algorithm.name=powergossip",
             "--set", "algorithm.iterations=2", "--no-progress"]
     one = run_cli(args + ["--run-dir", str(tmp_path / "one")], cwd=tmp_path)
-    two = run_cli(args + ["--run-dir", str(tmp_path / "two")], cwd=tmp_path, torchrun=2, timeout=180)
-    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
-    for a, b in zip(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")):
+    four = run_cli(args + ["--run-dir", str(tmp_path / "four")], cwd=tmp_path, torchrun=4, timeout=180)
+    assert one.returncode == 0 and four.returncode == 0, one.stderr + four.stderr
+    for a, b in zip(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "four")):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         assert b["bytes_per_worker"] == a["bytes_per_worker"]

@@ -42,9 +42,10 @@ class Algorithm(ABC):
 
     @classmethod
     @abstractmethod
-    def bytes_per_step(cls, options: Any, shapes: list[torch.Size], topology: Topology, worker: int) -> int:
+    def bytes_per_step(cls, options: Any, shapes: list[torch.Size], topology: Topology, worker: int) -> float:
         """The bytes ``worker`` sends in one step, computed from the parameter ``shapes`` alone
-        (fp32): what ``--dry-run`` prints and what the network's count must equal."""
+        (fp32): what ``--dry-run`` prints and what the network's count must equal (a mean where
+        steps alternate, as PowerGossip's sides do for an odd number of rounds)."""
 
     def worker_state(self, worker: Worker) -> dict[str, Any]:
         """The algorithm's own state for one worker (checkpointed with it)."""

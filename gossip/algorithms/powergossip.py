@@ -47,12 +47,12 @@ class PowerGossip(Algorithm):
             raise ValueError("powergossip needs a static topology")
         self.topology = self.schedule(0)
         views = self.workers[0].views
-        self.plan = MatrixPlan.from_shapes([v.shape for v in views], self.options.min_compress_size)
+        self.plan = MatrixPlan.from_shapes([v.shape for v in views], self.options.min_compress_size, self.options.rank)
         self.plan.dense_index = self.plan.dense_index.to(self.network.device)
         self.matrices = {w.id: [[w.views[k].view(shape) for k in members] for shape, members in self.plan.groups]
                          for w in self.workers}
-        self.edges = {w.id: {j: EdgeCompressor(w.id, j, self.plan, self.seed, self.options.rank,
-                                               self.options.warm_start, self.network.device)
+        self.edges = {w.id: {j: EdgeCompressor(w.id, j, self.plan, self.seed, self.options.warm_start,
+                                               self.network.device)
                              for j in self.topology.neighbors(w.id)}
                       for w in self.workers}
 
@@ -60,10 +60,10 @@ class PowerGossip(Algorithm):
     def bytes_per_step(cls, options: PowerGossipOptions, shapes: list[torch.Size], topology: Topology,
                        worker: int) -> float:
         """Per neighbour: the projections of every round (sides alternate from round to round, so
-        for an odd number of iterations this is the mean over two consecutive steps), plus the
-        uncompressed entries once per step; 4 bytes a float."""
-        plan = MatrixPlan.from_shapes(shapes, options.min_compress_size)
-        per_round_pair = plan.projection_floats(0, options.rank) + plan.projection_floats(1, options.rank)
+        for an odd number of iterations this is the mean over two consecutive steps, exact over
+        any even number of steps), plus the uncompressed entries once per step; 4 bytes a float."""
+        plan = MatrixPlan.from_shapes(shapes, options.min_compress_size, options.rank)
+        per_round_pair = plan.projection_floats(0) + plan.projection_floats(1)
         floats = options.iterations * per_round_pair / 2 + plan.dense_index.numel()
         return topology.degree(worker) * 4 * floats
 
@@ -95,7 +95,7 @@ class PowerGossip(Algorithm):
         shape group, and mix the uncompressed entries."""
         per_group: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in self.plan.groups]
         sides = {edge.side for edge in self.edges[w.id].values()}  # all edges alternate in lockstep
-        projected = self.plan.projection_floats(sides.pop(), self.options.rank) if sides else 0
+        projected = self.plan.projection_floats(sides.pop()) if sides else 0
         mixed_dense = own_dense * self.topology.weight(w.id, w.id) if own_dense is not None else None
         for j, edge in self.edges[w.id].items():
             weight = self.topology.weight(w.id, j)
