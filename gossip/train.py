@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import signal
 import sys
 import time
@@ -24,6 +25,8 @@ from gossip import config as config_module
 from gossip.config import Config, ConfigError
 from gossip.distributed import Placement, join, leave
 from gossip.network import Network, NetworkError, PeerLostError
+from gossip.algorithms import ALGORITHMS
+from gossip.tasks import TASKS, DataError
 from gossip.trainer import NonFiniteError, Trainer
 
 # Keys that may change when a run is resumed; everything else is the run's own.
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return run(args, config, placement)
-    except (ConfigError, NetworkError) as exc:
+    except (ConfigError, NetworkError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -95,13 +98,14 @@ def run(args: argparse.Namespace, config: Config, placement: Placement) -> int:
         if placement.rank == 0:
             print(plan(config, placement))
         return 0
+    trainer = Trainer(config, network, progress=not args.no_progress)  # reads the data: fails before any file
     if args.resume is not None:
         run_dir = args.resume
     else:
         run_dir = choose_run_dir(Path(config.run.dir), explicit=args.run_dir is not None, placement=placement)
     if run_dir is None:
         return 2
-    trainer = Trainer(config, network, run_dir, progress=not args.no_progress)
+    trainer.run_dir = run_dir
     if args.resume is not None and not restore(trainer, run_dir, placement):
         return 2
     if placement.rank == 0:
@@ -222,19 +226,27 @@ def choose_run_dir(requested: Path, explicit: bool, placement: Placement) -> Pat
 
 
 def plan(config: Config, placement: Placement) -> str:
-    """A human summary of what the run would do."""
+    """A human summary of what the run would do (reads no data set)."""
     topology = config.topology.build(config.workers, config.seed)(0)
     degrees = sorted({topology.degree(i) for i in range(topology.n)})
     per_process = config.workers // placement.world_size
-    algorithm = {k: v for k, v in config_module.to_dict(config.algorithm).items()}
+    task = TASKS.implementation(config.task.name).plan(config.task, config.workers, config.seed,
+                                                      config.train.batch_size)
+    shapes = [p.shape for p in task.model.parameters()]
+    parameters = sum(math.prod(shape) for shape in shapes)
+    per_step = ALGORITHMS.implementation(config.algorithm.name).bytes_per_step(config.algorithm, shapes, topology, 0)
     length = f"{config.train.steps} steps" if config.train.steps else f"{config.train.epochs} epochs"
     return "\n".join([
         f"workers      {config.workers} on {placement.world_size} process(es), {per_process} per process, "
         f"device {placement.device}, backend {placement.backend or 'none (one process)'}",
         f"topology     {config.topology.name} ({config.topology.weights}): degree {'/'.join(map(str, degrees))}, "
         f"spectral gap {topology.spectral_gap:.4g}",
-        f"algorithm    {algorithm}",
+        f"algorithm    {config_module.to_dict(config.algorithm)}",
         f"task         {config_module.to_dict(config.task)}",
+        f"model        {type(task.model).__name__}, {parameters:,} parameters in {len(shapes)} tensors"
+        + (f" ({task.note})" if task.note else ""),
+        f"bytes        worker 0 sends {per_step / 2**20:.3f} MiB per step, "
+        f"{per_step * task.steps_per_epoch / 2**20:.1f} MiB per epoch ({task.steps_per_epoch} steps)",
         f"optimizer    {config_module.to_dict(config.optimizer)}",
         f"schedule     {config_module.to_dict(config.schedule)}",
         f"train        {length}, batch {config.train.batch_size} per worker, eval every {config.train.eval_every}",

@@ -219,7 +219,7 @@ class Trainer:
         results = []
         for w in self.workers:
             w.model.eval()
-            results.append(self.task.evaluate(w.model))
+            results.append(self.task.evaluate(w.model, full=False))
             w.model.train()
         record = {}
         for key in results[0]:

@@ -82,7 +82,7 @@ def test_reference_lists_every_key_with_help():
 ])
 def test_cli_config_errors_are_one_line_exit_2_nothing_written(tmp_path, root, extra, fragment):
     run_dir = tmp_path / "run"
-    result = run_cli(["--config", str(root / "configs/quickstart.yaml"), "--run-dir", str(run_dir), *extra],
+    result = run_cli(["--config", str(root / "configs/logistic.yaml"), "--run-dir", str(run_dir), *extra],
                      cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     assert fragment in result.stderr

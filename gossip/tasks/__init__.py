@@ -1,11 +1,15 @@
 """Tasks (model + data + loss + metric), registered by name."""
 
 from gossip.config import Registry
-from gossip.tasks.base import DataStream, ShuffledBatches, Task
+from gossip.tasks.base import DataError, DataStream, ShuffledBatches, Task, TaskPlan
+from gossip.tasks.language import LanguageModelOptions, LanguageModelTask
 from gossip.tasks.synthetic import SyntheticOptions, SyntheticTask
+from gossip.tasks.vision import ImageClassificationOptions, ImageClassificationTask
 
 TASKS = Registry("task")
 TASKS.register("logistic", SyntheticOptions, SyntheticTask)
 TASKS.register("least_squares", SyntheticOptions, SyntheticTask)
+TASKS.register("lstm", LanguageModelOptions, LanguageModelTask)
+TASKS.register("resnet20", ImageClassificationOptions, ImageClassificationTask)
 
-__all__ = ["TASKS", "DataStream", "ShuffledBatches", "Task"]
+__all__ = ["TASKS", "DataError", "DataStream", "ShuffledBatches", "Task", "TaskPlan"]

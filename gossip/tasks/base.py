@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from gossip.seeding import generator
+
+
+@dataclass
+class TaskPlan:
+    """What ``--dry-run`` shows of a task without reading its data."""
+
+    model: nn.Module
+    steps_per_epoch: int
+    note: str = ""
+
+
+class DataError(ValueError):
+    """A data set that is missing or malformed (at most three lines: what, where, how to fetch it)."""
 
 
 class DataStream(ABC):
@@ -66,6 +80,13 @@ class Task(ABC):
     def __init__(self, options: Any, workers: int, seed: int, batch_size: int) -> None:
         self.options, self.workers, self.seed, self.batch_size = options, workers, seed, batch_size
 
+    @classmethod
+    def plan(cls, options: Any, workers: int, seed: int, batch_size: int) -> TaskPlan:
+        """The model and epoch length for ``--dry-run``; tasks with data on disk override this so
+        that a plan needs no data (this default builds the task)."""
+        task = cls(options, workers, seed, batch_size)
+        return TaskPlan(task.build_model(), task.steps_per_epoch())
+
     @abstractmethod
     def build_model(self) -> nn.Module:
         """A freshly initialised model (the caller seeds torch's generator)."""
@@ -84,5 +105,6 @@ class Task(ABC):
         e.g. a carried hidden state)."""
 
     @abstractmethod
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """``{"loss": ..., metric: ...}`` of ``model`` on the held-out data."""
+    def evaluate(self, model: nn.Module, full: bool = True) -> dict[str, float]:
+        """``{"loss": ..., metric: ...}`` of ``model`` on the held-out data; ``full=False`` asks for
+        the cheaper part only (e.g. no test split), for the workers' own models."""

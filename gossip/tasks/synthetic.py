@@ -80,7 +80,7 @@ class SyntheticTask(Task):
         return self._loss(model, inputs, targets)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, full: bool = True) -> dict[str, float]:
         device = next(model.parameters()).device
         inputs, targets = (t.to(device) for t in self.eval_data)
         result = {"loss": self._loss(model, inputs, targets).item()}
