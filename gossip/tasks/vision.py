@@ -1,7 +1,7 @@
 """Image classification: ResNet-20 on CIFAR-10 (the paper's Table 2).
 
 Reads the python-pickle batches of ``cifar-10-batches-py`` (``data_batch_1..5``, ``test_batch``;
-fetch them with ``python scripts/download_data.py cifar10 --dir data``). Training images get a
+fetch them with ``python scripts/download_data.py cifar10 --dir data/cifar-10-batches-py``). Training images get a
 random 32×32 crop of the image padded by 4, a random horizontal flip and per-channel
 normalisation, all in torch ops with the worker's own generator. How the training set is dealt
 to the workers (``partition``):
@@ -54,7 +54,7 @@ def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """One CIFAR-10 pickle batch as ``uint8 images N×3×32×32`` and ``int64 labels``."""
     if not path.is_file():
         raise DataError(f"CIFAR-10 not found: expected {path}\n"
-                        f"fetch it with: python scripts/download_data.py cifar10 --dir {path.parent.parent}")
+                        f"fetch it with: python scripts/download_data.py cifar10 --dir {path.parent}")
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
