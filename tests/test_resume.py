@@ -146,7 +146,7 @@ def _finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, st
     return results
 
 
-@pytest.mark.parametrize("failure", [signal.SIGKILL, signal.SIGSTOP])
+@pytest.mark.parametrize("failure", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
 def test_a_lost_process_stops_the_others_naming_it_and_the_run_resumes(tmp_path, failure):
     """A process that dies (SIGKILL) or hangs (SIGSTOP) ends the others within the timeout."""
     run_dir = tmp_path / "run"
