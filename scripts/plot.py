@@ -2,17 +2,20 @@
 
 Four panels from each run's ``metrics.jsonl``: training loss against steps, the averaged model's
 evaluation metric against steps and against bytes sent per worker, and the consensus distance.
-The legend names each run by its algorithm and options (from its ``config.yaml``).
+The legend names each run by its algorithm and the options it changed (from its ``config.yaml``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import yaml
+
+from gossip.algorithms import ALGORITHMS
 
 
 def load_run(run_dir: Path) -> tuple[str, list[dict]]:
@@ -26,7 +29,8 @@ def load_run(run_dir: Path) -> tuple[str, list[dict]]:
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     algorithm = dict(config.get("algorithm", {}))
     name = algorithm.pop("name", run_dir.name)
-    options = " ".join(f"{k}={v}" for k, v in algorithm.items() if v is not None)
+    defaults = dataclasses.asdict(ALGORITHMS.entries[name][0]()) if name in ALGORITHMS.entries else {}
+    options = " ".join(f"{k}={v}" for k, v in algorithm.items() if v is not None and defaults.get(k) != v)
     return (f"{name} {options}".strip(), records)
 
 
@@ -72,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         if y_key == "consensus_distance":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(3, len(names)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=100)
     print(f"wrote {args.out}")
