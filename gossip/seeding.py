@@ -23,8 +23,3 @@ def generator(seed: int, *key: object, device: torch.device | str = "cpu") -> to
     gen = torch.Generator(device=device)
     gen.manual_seed(seed_for(seed, *key))
     return gen
-
-
-def edge_key(i: int, j: int) -> tuple[str, int, int]:
-    """The key of the undirected edge {i, j}: both endpoints derive the same one."""
-    return ("edge", min(i, j), max(i, j))

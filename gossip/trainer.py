@@ -60,7 +60,7 @@ class Trainer:
         self.loss_sum = torch.zeros(len(self.workers), dtype=torch.float64, device=network.device)
         self.loss_count = 0
         self.time = {"compute": 0.0, "codec": 0.0, "comm": 0.0}
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []  # every record measured so far (for library use)
         self.stop_requested = False
         self.saved_step: int | None = None
         # Reading the losses syncs with the device: every step on CPU, every STOP_POLL on a GPU.
