@@ -110,6 +110,7 @@ def run(args: argparse.Namespace, config: Config, placement: Placement) -> int:
         return 2
     if placement.rank == 0:
         (run_dir / "config.yaml").write_text(config_module.dump(config))
+        trainer.task.save(run_dir)
     start = time.perf_counter()
     try:
         with stop_on_signals(trainer):

@@ -155,6 +155,26 @@ def test_counted_bytes_equal_the_analytic_formula(iterations, min_size):
     assert per_step == 4 * 4 * (iterations * (rows + cols) / 2 + dense)
 
 
+@pytest.mark.parametrize("model", ["resnet20", "lstm"])
+def test_counted_bytes_equal_the_analytic_formula_for_the_papers_models(model):
+    """ResNet-20 and the tied LSTM (a small vocabulary keeps it quick): counted = analytic."""
+    from gossip.tasks.models import LSTMLanguageModel, ResNet20
+
+    torch.manual_seed(0)
+    net = ResNet20() if model == "resnet20" else LSTMLanguageModel(500, 64, 64, 3)
+    topology, network = topologies.ring(3), Network(3)
+    workers = make_workers(net, range(3))
+    options = PowerGossipOptions(iterations=2)
+    algorithm = PowerGossip(topology, network, workers, options=options)
+    algorithm.step(0, 0.1, no_gradient)
+    shapes = [p.shape for p in net.parameters()]
+    assert network.bytes_sent == [PowerGossip.bytes_per_step(options, shapes, topology, 0)] * 3
+    matrices = [s for s in shapes if len(s) >= 2]
+    rows_and_cols = sum(s[0] + s.numel() // s[0] for s in matrices)
+    vectors = sum(s.numel() for s in shapes if len(s) < 2)
+    assert network.bytes_sent[0] == 2 * 4 * (2 * rows_and_cols / 2 + vectors)
+
+
 def test_rank_is_capped_by_the_smaller_side_of_each_matrix():
     """Asking for more columns than a matrix's smaller side uses min(rows, cols) columns."""
     torch.manual_seed(0)

@@ -3,6 +3,7 @@ partitions, augmentation, data errors, and the offline language model end to end
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -102,6 +103,14 @@ def test_cifar_loader_partitions_and_augmentation(tmp_path):
     assert all(torch.all(sorted_task.train_labels[p][:-1] <= sorted_task.train_labels[p][1:]) for p in sorted_task.fixed)
     first = ImageClassificationTask(ImageClassificationOptions(data_dir=str(root)), 4, 0, 8)
     assert not torch.equal(first.indices_for(0, 0), first.indices_for(0, 1))  # reshuffled every epoch
+
+
+def test_a_fixed_partition_is_saved_in_the_run_directory(tmp_path):
+    root = write_cifar(tmp_path / "cifar-10-batches-py")
+    task = ImageClassificationTask(ImageClassificationOptions(data_dir=str(root), partition="dirichlet"), 4, 0, 8)
+    task.save(tmp_path)
+    saved = json.loads((tmp_path / "partition.json").read_text())
+    assert [saved[str(w)] for w in range(4)] == [p.tolist() for p in task.fixed]
 
 
 def test_dirichlet_partition_covers_every_sample_once_and_follows_the_seed():

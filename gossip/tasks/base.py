@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,6 +87,9 @@ class Task(ABC):
         that a plan needs no data (this default builds the task)."""
         task = cls(options, workers, seed, batch_size)
         return TaskPlan(task.build_model(), task.steps_per_epoch())
+
+    def save(self, run_dir: Path) -> None:
+        """Write what a run needs to document its data (e.g. a random partition) into ``run_dir``."""
 
     @abstractmethod
     def build_model(self) -> nn.Module:

@@ -9,12 +9,14 @@ to the workers (``partition``):
 - ``reshuffle`` (the paper's): every epoch the whole set is shuffled by a generator seeded from
   ``(seed, epoch)`` and cut into ``n`` equal contiguous parts, one per worker;
 - ``dirichlet``: non-iid by label: each class is split over the workers in proportions drawn from
-  Dirichlet(``alpha``), fixed for the run and determined by the seed;
+  Dirichlet(``alpha``), fixed for the run, determined by the seed and saved as
+  ``RUN_DIR/partition.json``;
 - ``sorted``: the set sorted by label and cut into ``n`` contiguous shards.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from dataclasses import dataclass
@@ -142,6 +144,12 @@ class ImageClassificationTask(Task):
         elif options.partition == "sorted":
             order = torch.argsort(self.train_labels, stable=True)
             self.fixed = list(order[:len(order) // workers * workers].chunk(workers))
+
+    def save(self, run_dir: Path) -> None:
+        """A fixed partition (dirichlet, sorted) goes to ``RUN_DIR/partition.json``: worker → indices."""
+        if self.options.partition != "reshuffle":
+            parts = {str(worker): indices.tolist() for worker, indices in enumerate(self.fixed)}
+            (run_dir / "partition.json").write_text(json.dumps(parts))
 
     def indices_for(self, worker: int, epoch: int) -> torch.Tensor:
         """The examples ``worker`` visits in ``epoch``, in order."""
