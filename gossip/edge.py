@@ -27,6 +27,9 @@ import torch
 from gossip.seeding import generator
 
 
+BATCH_LIMIT = 1 << 16
+
+
 @dataclass
 class MatrixPlan:
     """Which parameters are compressed, grouped by matrix shape, and which travel uncompressed.
@@ -42,18 +45,22 @@ class MatrixPlan:
 
     @classmethod
     def from_shapes(cls, shapes: list[torch.Size], min_size: int = 0, rank: int = 1) -> "MatrixPlan":
-        by_shape: dict[tuple[int, int], list[int]] = {}
+        """Small matrices of one shape form one group (one batched product: Python overhead is
+        what matters for them); a matrix of ``BATCH_LIMIT`` entries or more is a group of its own,
+        projected and updated in place (memory traffic is what matters: no stacked copy)."""
+        by_key: dict[tuple[int, ...], list[int]] = {}
         dense: list[torch.Tensor] = []
         offset = 0
         for index, shape in enumerate(shapes):
             numel = int(torch.Size(shape).numel())
             if len(shape) >= 2 and numel >= max(min_size, 1):
-                by_shape.setdefault((shape[0], numel // shape[0]), []).append(index)
+                key = (shape[0], numel // shape[0]) + ((index,) if numel >= BATCH_LIMIT else ())
+                by_key.setdefault(key, []).append(index)
             else:
                 dense.append(torch.arange(offset, offset + numel))
             offset += numel
         dense_index = torch.cat(dense) if dense else torch.zeros(0, dtype=torch.long)
-        groups = sorted(by_shape.items())
+        groups = [((key[0], key[1]), members) for key, members in sorted(by_key.items())]
         return cls(groups, [min(rank, *shape) for shape, _ in groups], dense_index)
 
     def projection_floats(self, side: int) -> int:

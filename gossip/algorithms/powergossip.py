@@ -38,6 +38,11 @@ class PowerGossipOptions:
             raise ValueError("name: powergossip keeps one power iteration per edge and needs a static topology")
 
 
+def stacked(matrices: list[torch.Tensor]) -> torch.Tensor:
+    """``G × rows × cols`` for a shape group: a view when the group has one matrix, else a copy."""
+    return matrices[0].unsqueeze(0) if len(matrices) == 1 else torch.stack(matrices)
+
+
 class PowerGossip(Algorithm):
     Options = PowerGossipOptions
 
@@ -77,7 +82,7 @@ class PowerGossip(Algorithm):
     def gossip_round(self, with_dense: bool) -> None:
         """One compressed round for all local workers (plus the uncompressed part if asked)."""
         topology, dense_index = self.topology, self.plan.dense_index
-        stacks = {w.id: [torch.stack(group) for group in self.matrices[w.id]] for w in self.workers}
+        stacks = {w.id: [stacked(group) for group in self.matrices[w.id]] for w in self.workers}
         dense = {w.id: w.params.index_select(0, dense_index) for w in self.workers} if with_dense else {}
         outbox, expected = {}, {}
         for w in self.workers:
@@ -107,9 +112,12 @@ class PowerGossip(Algorithm):
         for g, factors in enumerate(per_group):
             if factors:
                 left = torch.cat([a for a, _ in factors], dim=2)
-                right = torch.cat([b for _, b in factors], dim=2)
-                delta = torch.bmm(left, right.transpose(1, 2))
-                torch._foreach_add_(self.matrices[w.id][g], list(delta.unbind(0)))
+                right = torch.cat([b for _, b in factors], dim=2).transpose(1, 2)
+                matrices = self.matrices[w.id][g]
+                if len(matrices) == 1:  # update the parameter in place: no temporary the size of M
+                    matrices[0].unsqueeze(0).baddbmm_(left, right)
+                else:
+                    torch._foreach_add_(matrices, list(torch.bmm(left, right).unbind(0)))
         if mixed_dense is not None:
             w.params.index_copy_(0, self.plan.dense_index, mixed_dense)
 
