@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
+
+from gossip.network import Network
 
 DIRECTORY = "checkpoints"
 KEEP = 2
@@ -33,8 +34,7 @@ def worker_file(worker: int) -> str:
     return f"worker_{worker:05d}.pt"
 
 
-def save(run_dir: Path, step: int, states: dict[int, dict[str, Any]], world_size: int, rank: int,
-         workers: int) -> Path:
+def save(run_dir: Path, step: int, states: dict[int, dict[str, Any]], network: Network) -> Path:
     """Write this process's worker ``states`` for ``step``; process 0 completes the checkpoint."""
     root = run_dir / DIRECTORY
     directory = root / f"step_{step:08d}"
@@ -44,14 +44,11 @@ def save(run_dir: Path, step: int, states: dict[int, dict[str, Any]], world_size
         path = directory / worker_file(worker)
         _atomic_write(path, lambda f, s=state: torch.save(s, f))
         digests[path.name] = _digest(path)
-    if world_size > 1:
-        gathered: list[Any] = [None] * world_size
-        dist.all_gather_object(gathered, digests)
-        digests = {k: v for part in gathered for k, v in part.items()}
-    if rank == 0:
-        if len(digests) != workers:
-            raise RuntimeError(f"checkpoint step {step}: {len(digests)} worker files for {workers} workers")
-        manifest = {"step": step, "workers": workers, "files": dict(sorted(digests.items()))}
+    digests = {k: v for part in network.all_gather_object(digests) for k, v in part.items()}
+    if network.rank == 0:
+        if len(digests) != network.n:
+            raise RuntimeError(f"checkpoint step {step}: {len(digests)} worker files for {network.n} workers")
+        manifest = {"step": step, "workers": network.n, "files": dict(sorted(digests.items()))}
         _atomic_write(directory / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
         _atomic_write(root / "latest.json", lambda f: f.write(json.dumps({"step": step, "dir": directory.name}).encode()))
         for old in complete_checkpoints(root)[KEEP:]:

@@ -113,8 +113,12 @@ class Network:
             buffer = torch.empty(numel, dtype=dtype, device=self.device)
             inbox[(src, dst)] = buffer
             ops.append(dist.P2POp(dist.irecv, buffer, self.owner(src), tag=self._tag(src, dst)))
-        works = dist.batch_isend_irecv(ops) if ops else []
-        return PendingRound(self, inbox, list(works), sorted({op.peer for op in ops}))
+        peers = sorted({op.peer for op in ops})
+        try:
+            works = dist.batch_isend_irecv(ops) if ops else []
+        except RuntimeError as exc:
+            raise PeerLostError(self.describe_lost(peers, exc)) from None
+        return PendingRound(self, inbox, list(works), peers)
 
     def exchange(self, outbox: dict[Pair, torch.Tensor], expected: dict[Pair, Spec]) -> dict[Pair, torch.Tensor]:
         """One synchronous round: :meth:`start` and wait."""
@@ -149,12 +153,24 @@ class Network:
         """Sum ``tensor`` over the processes, in place (a no-op with one process)."""
         if self.world_size > 1:
             start = time.perf_counter()
-            try:
-                dist.all_reduce(tensor)
-            except RuntimeError as exc:
-                raise PeerLostError(self.describe_lost(None, exc)) from None
+            self._collective(dist.all_reduce, tensor)
             self.comm_wait_s += time.perf_counter() - start
         return tensor
+
+    def all_gather_object(self, value: Any) -> list[Any]:
+        """Every process's ``value``, by rank."""
+        gathered: list[Any] = [None] * self.world_size
+        if self.world_size == 1:
+            return [value]
+        self._collective(dist.all_gather_object, gathered, value)
+        return gathered
+
+    def _collective(self, operation: Any, *args: Any) -> None:
+        """Run a collective; a peer that died or hangs becomes a :class:`PeerLostError`."""
+        try:
+            operation(*args)
+        except RuntimeError as exc:
+            raise PeerLostError(self.describe_lost(None, exc)) from None
 
     def gather_per_worker(self, values: list[float] | torch.Tensor) -> torch.Tensor:
         """One float64 value per local worker in, the values of all ``n`` workers out (in order)."""

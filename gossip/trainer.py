@@ -148,8 +148,7 @@ class Trainer:
         if self.run_dir is None:
             return
         states = {w.id: self.worker_checkpoint(k) for k, w in enumerate(self.workers)}
-        checkpoint.save(self.run_dir, self.step, states, self.network.world_size, self.network.rank,
-                        self.config.workers)
+        checkpoint.save(self.run_dir, self.step, states, self.network)
         self.saved_step = self.step
 
     def restore(self, directory: Path) -> None:
