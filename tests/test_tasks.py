@@ -66,6 +66,21 @@ def test_wikitext_vocabulary_and_contiguous_shards(tmp_path):
     assert not bool(batches.next()[2])
 
 
+def test_the_hidden_state_is_carried_and_reset_at_an_epochs_first_window(tmp_path):
+    write_wikitext(tmp_path)
+    options = LanguageModelOptions(data_dir=str(tmp_path), embed_dim=8, hidden=8, layers=1)
+    task = LanguageModelTask(options, workers=1, seed=0, batch_size=4)
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    inputs, targets, _ = SequenceStream(task.shards[0], bptt=5).next()
+    fresh = task.loss(model, (inputs, targets, torch.tensor(True)), {})
+    carried = {"state": tuple(torch.randn(1, 4, 8) for _ in range(2))}
+    reset = task.loss(model, (inputs, targets, torch.tensor(True)), dict(carried))
+    kept = task.loss(model, (inputs, targets, torch.tensor(False)), carried)
+    assert torch.equal(reset, fresh) and not torch.equal(kept, fresh)
+    assert not carried["state"][0].requires_grad  # stored detached
+
+
 def test_wikitext_missing_or_empty_files_are_clear_errors(tmp_path):
     options = LanguageModelOptions(data_dir=str(tmp_path / "absent"))
     with pytest.raises(DataError, match="WikiText-2 not found") as info:
@@ -103,6 +118,13 @@ def test_cifar_loader_partitions_and_augmentation(tmp_path):
     assert all(torch.all(sorted_task.train_labels[p][:-1] <= sorted_task.train_labels[p][1:]) for p in sorted_task.fixed)
     first = ImageClassificationTask(ImageClassificationOptions(data_dir=str(root)), 4, 0, 8)
     assert not torch.equal(first.indices_for(0, 0), first.indices_for(0, 1))  # reshuffled every epoch
+
+
+def test_a_dirichlet_partition_that_leaves_a_worker_empty_is_refused(tmp_path):
+    root = write_cifar(tmp_path / "cifar-10-batches-py")
+    options = ImageClassificationOptions(data_dir=str(root), partition="dirichlet", alpha=0.01)
+    with pytest.raises(DataError, match="without examples; raise task.alpha"):
+        ImageClassificationTask(options, workers=16, seed=0, batch_size=8)
 
 
 def test_a_fixed_partition_is_saved_in_the_run_directory(tmp_path):

@@ -188,7 +188,10 @@ class LanguageModelTask(Task):
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...], memory: dict[str, Any]) -> torch.Tensor:
         inputs, targets, restart = batch
-        state = None if bool(restart) else memory.get("state")
+        state = memory.get("state")
+        if state is not None:  # a zero state at an epoch's first window, without reading the flag on the host
+            keep = (~restart).to(state[0].dtype)
+            state = tuple(s * keep for s in state)
         logits, state = model(inputs, state)
         memory["state"] = tuple(s.detach() for s in state)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())

@@ -141,6 +141,10 @@ class ImageClassificationTask(Task):
             raise DataError(f"{len(self.train_images)} training images are fewer than one batch per worker")
         if options.partition == "dirichlet":
             self.fixed = dirichlet_partition(self.train_labels, workers, options.alpha, seed)
+            empty = [worker for worker, part in enumerate(self.fixed) if len(part) == 0]
+            if empty:
+                raise DataError(f"task.alpha: Dirichlet({options.alpha}) leaves worker {empty[0]} without examples; "
+                                f"raise task.alpha or change the seed")
         elif options.partition == "sorted":
             order = torch.argsort(self.train_labels, stable=True)
             self.fixed = list(order[:len(order) // workers * workers].chunk(workers))
