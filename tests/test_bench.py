@@ -1,0 +1,74 @@
+"""Smoke tests of the benchmarks: they run with the smallest setting and write JSON rows with the
+promised keys and finite, non-negative numbers. Timings themselves are never checked."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+STEP_KEYS = {"model", "algorithm", "iterations", "workers", "processes", "step_s", "compute_s", "codec_s",
+             "comm_wait_s", "bytes_per_step", "ratio_to_local"}
+CODEC_KEYS = {"codec", "elements", "copy_s", "encode_s", "decode_s", "ratio_to_copy", "wire_bytes"}
+
+
+def run_script(script: str, args: list[str], timeout: float = 60) -> str:
+    """Run ``scripts/SCRIPT ARGS``; on a timeout the whole process group (its spawned processes
+    included) is killed."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, output
+    return output
+
+
+def assert_finite_non_negative(row: dict, keys: list[str]) -> None:
+    for key in keys:
+        assert isinstance(row[key], (int, float)) and math.isfinite(row[key]) and row[key] >= 0, (key, row)
+
+
+def test_step_benchmark_writes_rows(tmp_path: Path):
+    out = tmp_path / "steps.json"
+    output = run_script("bench_gossip.py", ["--models", "mlp", "--mlp", "32,16,4", "--mlp-batch", "8",
+                                            "--algorithms", "local,dpsgd", "--processes", "1", "--repeats", "1",
+                                            "--warmup", "1", "--steps", "2", "--threads", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["algorithm"], r["processes"]) for r in rows] == [("mlp", "local", 1), ("mlp", "dpsgd", 1)]
+    for row in rows:
+        assert STEP_KEYS <= set(row)
+        assert_finite_non_negative(row, ["iterations", "workers", "step_s", "compute_s", "comm_wait_s",
+                                         "bytes_per_step", "ratio_to_local"])
+        assert math.isfinite(row["codec_s"])  # the rest of the step: a difference of timings
+    assert rows[0]["bytes_per_step"] == 0 and rows[1]["bytes_per_step"] > 0
+    assert any(line.startswith("|") and "dpsgd" in line for line in output.splitlines())  # the table
+
+
+def test_unknown_algorithm_is_one_line_and_skipped(tmp_path: Path):
+    out = tmp_path / "steps.json"
+    output = run_script("bench_gossip.py", ["--models", "mlp", "--mlp", "8,4", "--mlp-batch", "4",
+                                            "--algorithms", "local,nosuch", "--processes", "1", "--repeats", "1",
+                                            "--warmup", "0", "--steps", "1", "--threads", "1", "--json", str(out)])
+    assert [line for line in output.splitlines() if "nosuch" in line and "skipping" in line]
+    assert [r["algorithm"] for r in json.loads(out.read_text())] == ["local"]
+
+
+def test_codec_benchmark_writes_rows(tmp_path: Path):
+    out = tmp_path / "codecs.json"
+    run_script("bench_codecs.py", ["--sizes", "1000", "--repeats", "1", "--min-time", "0.001", "--threads", "1",
+                                   "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert {r["codec"] for r in rows} == {"identity", "topk 1%", "randomk 1%", "sign", "qsgd s=7", "moniqua 2-bit"}
+    for row in rows:
+        assert CODEC_KEYS <= set(row)
+        assert_finite_non_negative(row, ["elements", "copy_s", "encode_s", "decode_s", "ratio_to_copy", "wire_bytes"])
