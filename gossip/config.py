@@ -25,7 +25,12 @@ if TYPE_CHECKING:
 
 
 class ConfigError(ValueError):
-    """A config problem, reported as one line naming the key and what is allowed."""
+    """A config problem, reported as one line naming the key and what is allowed.
+
+    Line breaks that reach the message from user text are escaped, so it always stays one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **bounds: float) -> Any:
@@ -200,7 +205,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, A
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+                raise ConfigError(f"--set {key.strip()!r}: {'.'.join(parts[: i + 1])} is not a section")
             node = child
         node[parts[-1]] = value
     return result
@@ -275,7 +280,7 @@ def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
-            raise ConfigError(f"{path}{key}: unknown key{_suggest(str(key), known)}; "
+            raise ConfigError(f"{path}{_show_key(key)}: unknown key{_suggest(str(key), known)}; "
                               f"allowed in {where}: {', '.join(known)}")
     values = {}
     for name, f in known.items():
@@ -385,6 +390,14 @@ def _reraise_with_path(check: Any, config: Config, section: str) -> None:
 def _suggest(word: str, candidates: Any) -> str:
     close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _show_key(key: Any) -> str:
+    """A key as written when it is a plain word, quoted when it is empty, not a string or holds
+    spaces or control characters (so that ``: unknown key`` never names an invisible key)."""
+    text = str(key)
+    plain = isinstance(key, str) and text.isprintable() and text and not any(c.isspace() for c in text)
+    return text if plain else repr(key)
 
 
 def _describe(value: Any) -> str:

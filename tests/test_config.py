@@ -47,6 +47,14 @@ def test_unknown_key_suggests_the_closest():
     assert "did you mean 'momentum'" in error_of({"optimizer": {"momentun": 0.9}})
 
 
+@pytest.mark.parametrize("key, shown", [("\n", "'\\n': unknown key"), ("", "'': unknown key"),
+                                        ("a b", "'a b': unknown key"), (3, "3: unknown key")])
+def test_an_unprintable_or_odd_key_is_quoted_on_one_line(key, shown):
+    message = error_of({key: None})
+    assert message.startswith(shown) and "\n" not in message
+    assert "\n" not in error_of({"optimizer": {"lr\nx": 1}})
+
+
 @pytest.mark.parametrize("raw, expected", [
     ({"workers": "8"}, "workers: expected an integer"),
     ({"workers": 0}, "workers: 0 is out of range"),
