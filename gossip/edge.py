@@ -13,8 +13,10 @@ from the edge's generator (random projections), and the side flips. Both endpoin
 states stay bit-identical without ever being sent. The update is an exact projection of
 ``x_j − x_i``: the pair's sum is unchanged and a zero difference stays zero.
 
-Matrices of the same shape are projected together (one batched product per shape group), and all
-of an edge's projections of a round travel as one flat buffer.
+A worker's edges are handled together by a :class:`Neighbourhood`: small matrices of the same
+shape are projected together (one batched product per shape group and edge), every edge's
+projections of a round are written straight into one row of a send buffer (one message per
+neighbour), and the rank-``r`` updates from all neighbours are one product per shape group.
 """
 
 from __future__ import annotations
@@ -63,21 +65,44 @@ class MatrixPlan:
         groups = [((key[0], key[1]), members) for key, members in sorted(by_key.items())]
         return cls(groups, [min(rank, *shape) for shape, _ in groups], dense_index)
 
+    def blocks(self, axis: int) -> list[tuple[int, int, int, int]]:
+        """Per group ``(offset, members, length, rank)`` of a flat buffer that holds, member after
+        member, a ``length × rank`` block with ``length = shape[axis]``: the layout of the
+        messages of side ``axis`` and of the vectors of side ``1 − axis``."""
+        blocks, offset = [], 0
+        for (shape, members), rank in zip(self.groups, self.ranks):
+            blocks.append((offset, len(members), shape[axis], rank))
+            offset += len(members) * shape[axis] * rank
+        return blocks
+
     def projection_floats(self, side: int) -> int:
         """Floats one endpoint sends per edge in a round on ``side`` (0: right, 1: left)."""
-        return sum(len(members) * shape[side] * rank for (shape, members), rank in zip(self.groups, self.ranks))
+        return sum(members * length * rank for _, members, length, rank in self.blocks(side))
+
+    def vector_floats(self, side: int) -> int:
+        """Floats of an edge's shared vectors while they stand on ``side``."""
+        return self.projection_floats(1 - side)
 
 
 def orthonormalize(v: torch.Tensor) -> torch.Tensor:
-    """Orthonormal columns spanning ``v`` (batched ``G × dim × rank``); rank 1 is a normalisation."""
+    """Orthonormal columns spanning ``v`` (batched ``B × dim × rank``); rank 1 is a normalisation.
+
+    A zero vector (the pair had reached consensus on that matrix) becomes the normalised ones
+    vector, so that the iteration can pick up again when the difference reappears."""
     if v.shape[-1] == 1:
-        return v / v.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+        norm = torch.linalg.vector_norm(v, dim=-2, keepdim=True)
+        return torch.where(norm > 0, v / norm, v.shape[-2] ** -0.5)
     return torch.linalg.qr(v).Q
 
 
+def stacked(matrices: list[torch.Tensor]) -> torch.Tensor:
+    """``G × rows × cols`` for a shape group: a view when the group has one matrix, else a copy."""
+    return matrices[0].unsqueeze(0) if len(matrices) == 1 else torch.stack(matrices)
+
+
 class EdgeCompressor:
-    """One endpoint's state for the edge ``{owner, peer}``: ``v`` per shape group, the side, and
-    the edge's generator."""
+    """One endpoint's state for the edge ``{owner, peer}``: the shared vectors of every matrix
+    (one flat buffer, laid out by :meth:`MatrixPlan.blocks`), their side, and the edge's generator."""
 
     def __init__(self, owner: int, peer: int, plan: MatrixPlan, seed: int, warm_start: bool = True,
                  device: torch.device | str = "cpu") -> None:
@@ -86,56 +111,102 @@ class EdgeCompressor:
         self.sign = 1.0 if owner == self.lo else -1.0
         self.plan, self.warm_start = plan, warm_start
         self.generator = generator(seed, "powergossip", self.lo, self.hi, device=device)
-        self.side = 0  # 0: v on the right (n_cols), 1: v on the left (n_rows)
-        self.vectors = self._draw()
-        self._normalized: list[torch.Tensor] = []
+        self.side = 0  # 0: v on the right (length cols), 1: v on the left (length rows)
+        self.vector = self._draw()
 
-    def _draw(self) -> list[torch.Tensor]:
+    def _draw(self) -> torch.Tensor:
         """Fresh shared vectors for the current side, from the edge's generator."""
-        return [torch.randn(len(members), shape[1 - self.side], rank, generator=self.generator,
-                            device=self.generator.device)
-                for (shape, members), rank in zip(self.plan.groups, self.plan.ranks)]
+        return torch.randn(self.plan.vector_floats(self.side), generator=self.generator, device=self.generator.device)
 
-    def project(self, stacks: list[torch.Tensor]) -> torch.Tensor:
-        """This endpoint's message for the round: ``M v̂`` (right) or ``Mᵀ v̂`` (left) for every
-        shape group's stacked matrices ``G × rows × cols``, flattened into one buffer."""
+    def round_vector(self) -> torch.Tensor:
+        """The (not yet orthonormalised) vectors of this round: the last difference (warm start) or
+        a fresh draw (random projections)."""
         if not self.warm_start:
-            self.vectors = self._draw()
-        self._normalized = [orthonormalize(v) for v in self.vectors]
-        parts = [torch.bmm(m, v) if self.side == 0 else torch.bmm(m.transpose(1, 2), v)
-                 for m, v in zip(stacks, self._normalized)]
-        return torch.cat([p.reshape(-1) for p in parts]) if parts else torch.zeros(0, device=self.generator.device)
+            self.vector = self._draw()
+        return self.vector
 
-    def update_factors(self, own: torch.Tensor, theirs: torch.Tensor, weight: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per shape group, ``(A, B)`` with ``A Bᵀ`` this endpoint's update ``w·sgn·d v̂ᵀ`` (right)
-        or ``w·sgn·v̂ dᵀ`` (left); then ``v`` advances and the side flips."""
-        high, low = (theirs, own) if self.sign > 0 else (own, theirs)
-        difference = high - low
-        factors = []
-        offset = 0
-        next_vectors = []
-        for (shape, members), rank, v_hat, v in zip(self.plan.groups, self.plan.ranks, self._normalized, self.vectors):
-            length = len(members) * shape[self.side] * rank
-            d = difference[offset:offset + length].view(len(members), shape[self.side], rank)
-            offset += length
-            scaled = d * (weight * self.sign)
-            factors.append((scaled, v_hat) if self.side == 0 else (v_hat, scaled))
-            alive = d.flatten(1).norm(dim=1).gt(0).view(-1, 1, 1)
-            next_vectors.append(torch.where(alive, d, self._fallback(v, d)))
-        self.vectors = next_vectors
+    def advance(self, difference: torch.Tensor) -> None:
+        """After a round: ``v ← d = p_hi − p_lo`` (the same on both endpoints) and the side flips."""
+        self.vector = difference
         self.side = 1 - self.side
-        return factors
 
-    def _fallback(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """Where the difference is exactly zero (consensus), ``v`` cannot become ``d``: keep a
-        vector of the new side's length so the iteration can pick up again later (the previous
-        one when it fits, else ones)."""
-        return v if v.shape == d.shape else torch.ones_like(d)
+    @property
+    def vectors(self) -> list[torch.Tensor]:
+        """The vectors per shape group, ``members × length × rank``."""
+        return [self.vector[offset:offset + members * length * rank].view(members, length, rank)
+                for offset, members, length, rank in self.plan.blocks(1 - self.side)]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"vectors": list(self.vectors), "side": self.side, "generator": self.generator.get_state()}
+        return {"vector": self.vector.clone(), "side": self.side, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.vectors = [v.to(self.generator.device) for v in state["vectors"]]
+        self.vector = state["vector"].to(self.generator.device)
         self.side = state["side"]
         self.generator.set_state(state["generator"].cpu())
+
+
+class Neighbourhood:
+    """All edges of one worker, worked together: a round is :meth:`project` (the messages, one row
+    per neighbour), the exchange, then :meth:`update` (every neighbour's low-rank update at once).
+
+    ``matrices`` are the worker's parameters per shape group (views, updated in place); ``weights``
+    the mixing weight of each edge's peer. All edges of a worker stand on the same side: they
+    start together and flip together."""
+
+    def __init__(self, edges: list[EdgeCompressor], matrices: list[list[torch.Tensor]], weights: list[float],
+                 plan: MatrixPlan, device: torch.device | str = "cpu") -> None:
+        self.edges, self.matrices, self.plan = edges, matrices, plan
+        self.weights = torch.tensor(weights, dtype=torch.float32, device=device)
+        self.signs = torch.tensor([edge.sign for edge in edges], dtype=torch.float32, device=device).view(-1, 1)
+        self._normalized: list[torch.Tensor] = []
+
+    @property
+    def side(self) -> int:
+        return self.edges[0].side if self.edges else 0
+
+    def project(self, extra: int = 0) -> torch.Tensor:
+        """``degree × (message floats + extra)``: row ``k`` is the message to ``edges[k].peer``,
+        ``M v̂`` (right side) or ``Mᵀ v̂`` (left side) for every matrix; the last ``extra`` columns
+        are left for the caller."""
+        side, degree = self.side, len(self.edges)
+        out = torch.empty(degree, self.plan.projection_floats(side) + extra, device=self.weights.device)
+        if not degree:
+            return out
+        vectors = torch.stack([edge.round_vector() for edge in self.edges])
+        self._normalized = []
+        for group, (v_offset, members, v_length, rank), (m_offset, _, m_length, _) in zip(
+                self.matrices, self.plan.blocks(1 - side), self.plan.blocks(side)):
+            size = members * v_length * rank
+            normalized = orthonormalize(vectors[:, v_offset:v_offset + size].reshape(degree * members, v_length, rank))
+            self._normalized.append(normalized)
+            stack = stacked(group)
+            operator = stack if side == 0 else stack.transpose(1, 2)
+            for k in range(degree):
+                message = out[k, m_offset:m_offset + members * m_length * rank].view(members, m_length, rank)
+                torch.bmm(operator, normalized[k * members:(k + 1) * members], out=message)
+        return out
+
+    def update(self, sent: torch.Tensor, received: torch.Tensor) -> None:
+        """Apply ``Σ_k w_k · (low-rank part of x_k − x_self)`` from the rows of ``sent`` (this
+        worker's messages) and ``received`` (its neighbours'), advance every edge's vectors."""
+        side, degree = self.side, len(self.edges)
+        if not degree:
+            return
+        floats = self.plan.projection_floats(side)
+        difference = received[:, :floats] - sent[:, :floats]  # theirs − own: sgn · (p_hi − p_lo)
+        scaled = difference * self.weights.view(-1, 1)
+        advanced = difference * self.signs  # p_hi − p_lo, bitwise the same on both endpoints
+        for group, normalized, (offset, members, length, rank) in zip(
+                self.matrices, self._normalized, self.plan.blocks(side)):
+            factor = scaled[:, offset:offset + members * length * rank].reshape(degree, members, length, rank)
+            vector = normalized.view(degree, members, -1, rank)
+            rows, cols = (factor, vector) if side == 0 else (vector, factor)
+            left = rows.permute(1, 2, 0, 3).reshape(members, rows.shape[2], degree * rank)
+            right = cols.permute(1, 0, 3, 2).reshape(members, degree * rank, cols.shape[2])
+            if len(group) == 1:  # in place, no temporary the size of M (2-D addmm_ also uses every thread)
+                group[0].addmm_(left[0], right[0])
+            else:
+                torch._foreach_add_(group, list(torch.bmm(left, right).unbind(0)))
+        for edge, row in zip(self.edges, advanced):
+            edge.advance(row)
+        self._normalized = []

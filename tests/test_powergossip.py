@@ -13,6 +13,7 @@ import topologies
 from gossip.algorithms import PowerGossip
 from gossip.algorithms.powergossip import PowerGossipOptions
 from gossip.config import OptimizerConfig
+from gossip.edge import orthonormalize
 from gossip.network import Network
 from gossip.worker import Worker
 
@@ -95,6 +96,50 @@ def test_rounds_preserve_the_average_and_contract(rank, iterations):
         algorithm.step(t, 0.1, no_gradient)
     assert torch.allclose(torch.stack([w.params for w in workers]).double().mean(0), mean, atol=1e-5)
     assert distance(workers) < before
+
+
+def expected_round(algorithm: PowerGossip, workers: list[Worker]) -> tuple[dict, dict]:
+    """One compressed round computed edge by edge and matrix by matrix, straight from the rule
+    (right side: x_i += w_ij (p_j − p_i) v̂ᵀ with p = M v̂; left side: x_i += w_ij v̂ (q_j − q_i)ᵀ with
+    q = Mᵀ v̂): the parameters of every worker and the next vectors of every edge."""
+    by_id = {w.id: w for w in workers}
+    params, vectors = {w.id: w.params.clone() for w in workers}, {}
+    for w in workers:
+        after = params[w.id]
+        for j, edge in algorithm.edges[w.id].items():
+            weight, side, parts = algorithm.topology.weight(w.id, j), edge.side, []
+            for (shape, members), group_vectors in zip(algorithm.plan.groups, edge.vectors):
+                for k, v in zip(members, group_vectors):
+                    v_hat = orthonormalize(v.unsqueeze(0))[0]
+                    mine, theirs = (x.views[k].reshape(shape) for x in (w, by_id[j]))
+                    if side == 0:
+                        d = theirs @ v_hat - mine @ v_hat
+                        update = weight * d @ v_hat.T
+                    else:
+                        d = theirs.T @ v_hat - mine.T @ v_hat
+                        update = weight * v_hat @ d.T
+                    start = sum(v.numel() for v in w.views[:k])
+                    after[start:start + update.numel()] += update.reshape(-1)
+                    parts.append(edge.sign * d.reshape(-1))
+            vectors[(w.id, j)] = torch.cat(parts)
+    return params, vectors
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_a_round_applies_every_edge_and_matrix_as_the_rule_says(rank):
+    """The batched round (one send buffer per worker, one product per shape group and edge, one
+    update per group) equals the rule applied edge by edge, on both sides, with a star's unequal
+    degrees and shape groups of one and of several matrices."""
+    torch.manual_seed(0)
+    workers = make_workers(conv_net(), range(4))
+    algorithm = PowerGossip(topologies.star(4), Network(4), workers, options=PowerGossipOptions(rank=rank))
+    for _ in range(2):  # right side, then left side
+        params, vectors = expected_round(algorithm, workers)
+        algorithm.gossip_round(with_dense=False)
+        for w in workers:
+            assert torch.allclose(w.params, params[w.id], atol=1e-5)
+            for j, edge in algorithm.edges[w.id].items():
+                assert torch.allclose(edge.vector, vectors[(w.id, j)], atol=1e-5)
 
 
 @pytest.mark.parametrize("warm_start", [True, False])

@@ -17,7 +17,7 @@ import torch
 
 from gossip.algorithms.base import Algorithm
 from gossip.config import option
-from gossip.edge import EdgeCompressor, MatrixPlan
+from gossip.edge import EdgeCompressor, MatrixPlan, Neighbourhood
 from gossip.worker import Worker
 from topologies import Topology
 
@@ -38,11 +38,6 @@ class PowerGossipOptions:
             raise ValueError("name: powergossip keeps one power iteration per edge and needs a static topology")
 
 
-def stacked(matrices: list[torch.Tensor]) -> torch.Tensor:
-    """``G × rows × cols`` for a shape group: a view when the group has one matrix, else a copy."""
-    return matrices[0].unsqueeze(0) if len(matrices) == 1 else torch.stack(matrices)
-
-
 class PowerGossip(Algorithm):
     Options = PowerGossipOptions
 
@@ -54,12 +49,16 @@ class PowerGossip(Algorithm):
         views = self.workers[0].views
         self.plan = MatrixPlan.from_shapes([v.shape for v in views], self.options.min_compress_size, self.options.rank)
         self.plan.dense_index = self.plan.dense_index.to(self.network.device)
-        self.matrices = {w.id: [[w.views[k].view(shape) for k in members] for shape, members in self.plan.groups]
-                         for w in self.workers}
         self.edges = {w.id: {j: EdgeCompressor(w.id, j, self.plan, self.seed, self.options.warm_start,
                                                self.network.device)
                              for j in self.topology.neighbors(w.id)}
                       for w in self.workers}
+        self.neighbourhoods = {
+            w.id: Neighbourhood(list(self.edges[w.id].values()),
+                                [[w.views[k].view(shape) for k in members] for shape, members in self.plan.groups],
+                                [self.topology.weight(w.id, j) for j in self.edges[w.id]], self.plan,
+                                self.network.device)
+            for w in self.workers}
 
     @classmethod
     def bytes_per_step(cls, options: PowerGossipOptions, shapes: list[torch.Size], topology: Topology,
@@ -80,46 +79,30 @@ class PowerGossip(Algorithm):
             self.gossip_round(with_dense=round_index == 0)
 
     def gossip_round(self, with_dense: bool) -> None:
-        """One compressed round for all local workers (plus the uncompressed part if asked)."""
-        topology, dense_index = self.topology, self.plan.dense_index
-        stacks = {w.id: [stacked(group) for group in self.matrices[w.id]] for w in self.workers}
+        """One compressed round for all local workers; the first round of a step also mixes the
+        uncompressed entries, which ride along at the end of every message."""
+        dense_index = self.plan.dense_index
         dense = {w.id: w.params.index_select(0, dense_index) for w in self.workers} if with_dense else {}
-        outbox, expected = {}, {}
+        extra = dense_index.numel() if with_dense else 0
+        sent, outbox, expected = {}, {}, {}
         for w in self.workers:
-            for j, edge in self.edges[w.id].items():
-                projection = edge.project(stacks[w.id])
-                outbox[(w.id, j)] = torch.cat([projection, dense[w.id]]) if with_dense else projection
-                expected[(j, w.id)] = (outbox[(w.id, j)].numel(), torch.float32)
+            sent[w.id] = self.neighbourhoods[w.id].project(extra)
+            if with_dense:
+                sent[w.id][:, sent[w.id].shape[1] - extra:] = dense[w.id]
+            for j, row in zip(self.edges[w.id], sent[w.id]):
+                outbox[(w.id, j)] = row
+                expected[(j, w.id)] = (row.numel(), torch.float32)
         inbox = self.network.exchange(outbox, expected)
         for w in self.workers:
-            self.apply(w, stacks[w.id], outbox, inbox, dense.get(w.id))
-
-    def apply(self, w: Worker, stacks: list[torch.Tensor], outbox: dict, inbox: dict,
-              own_dense: torch.Tensor | None) -> None:
-        """Add every neighbour's low-rank update to ``w``'s matrices in one batched product per
-        shape group, and mix the uncompressed entries."""
-        per_group: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in self.plan.groups]
-        sides = {edge.side for edge in self.edges[w.id].values()}  # all edges alternate in lockstep
-        projected = self.plan.projection_floats(sides.pop()) if sides else 0
-        mixed_dense = own_dense * self.topology.weight(w.id, w.id) if own_dense is not None else None
-        for j, edge in self.edges[w.id].items():
-            weight = self.topology.weight(w.id, j)
-            mine, theirs = outbox[(w.id, j)], inbox[(j, w.id)]
-            for g, factors in enumerate(edge.update_factors(mine[:projected], theirs[:projected], weight)):
-                per_group[g].append(factors)
-            if mixed_dense is not None:
-                mixed_dense.add_(theirs[projected:], alpha=weight)
-        for g, factors in enumerate(per_group):
-            if factors:
-                left = torch.cat([a for a, _ in factors], dim=2)
-                right = torch.cat([b for _, b in factors], dim=2).transpose(1, 2)
-                matrices = self.matrices[w.id][g]
-                if len(matrices) == 1:  # update the parameter in place: no temporary the size of M
-                    matrices[0].unsqueeze(0).baddbmm_(left, right)
-                else:
-                    torch._foreach_add_(matrices, list(torch.bmm(left, right).unbind(0)))
-        if mixed_dense is not None:
-            w.params.index_copy_(0, self.plan.dense_index, mixed_dense)
+            neighbours = list(self.edges[w.id])
+            if not neighbours:
+                continue
+            received = torch.stack([inbox[(j, w.id)] for j in neighbours])
+            self.neighbourhoods[w.id].update(sent[w.id], received)
+            if with_dense:
+                mixed = torch.addmv(dense[w.id], received[:, received.shape[1] - extra:].T,
+                                    self.neighbourhoods[w.id].weights, beta=self.topology.weight(w.id, w.id))
+                w.params.index_copy_(0, dense_index, mixed)
 
     def worker_state(self, worker: Worker) -> dict[str, Any]:
         return {str(j): edge.state_dict() for j, edge in self.edges[worker.id].items()}
