@@ -1,7 +1,7 @@
 """Time one training step of every algorithm side by side, on the paper's models and batch shapes.
 
     python scripts/bench_gossip.py [--models lstm,resnet20,mlp] [--algorithms ...] [--processes 1,2]
-        [--workers N] [--repeats R] [--quick] [--json OUT]
+        [--workers N] [--repeats R] [--quick] [--scale-to 32] [--json OUT]
 
 For each model and process count, ``n`` workers on a ring (``n = max(--workers, P)``) train on random
 batches of the paper's shapes in ``P`` gloo processes on 127.0.0.1 (``P = 1`` too: one process hosting
@@ -29,6 +29,10 @@ overlaps compression and all-reduce with the backward pass, so they cannot be to
 ``compute_s`` is a forward/backward without synchronisation (``no_sync``) timed in the same step, its
 ``codec_s`` everything that DDP adds to that (hook, all-reduce, optimizer), its ``comm_wait_s`` null,
 and its ``bytes_per_step`` the ring all-reduce count of what the hook sends.
+
+Simulation scaling: ``local``, ``dpsgd`` and ``powergossip-1`` are timed once more on the MLP
+(``--scale-model``) with ``--scale-to`` workers (default 32) in one process; a worker's step there
+should stay within 1.1× of its step with ``--workers`` (issue 8's target).
 
 The codec micro-benchmark is ``scripts/bench_codecs.py``; docs/performance.md has the latest tables.
 """
@@ -78,6 +82,8 @@ ALGORITHM_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 DDP_LABEL = "ddp-powersgd"
 DDP_START_ITER = 2  # PowerSGD needs two plain all-reduce steps first (warm start, error feedback)
 REFERENCE_LABEL = "local"
+SCALING_LABELS = ("local", "dpsgd", "powergossip-1")  # measured again at n = --scale-to (one process)
+SCALING_LIMIT = 1.1  # issue 8: a worker's step at n = 32 within 1.1× of n = 4
 MODELS = ("lstm", "resnet20", "mlp")
 SEED = 0
 BATCHES_PER_WORKER = 2  # random batches drawn once per worker and cycled, so no data work is timed
@@ -541,6 +547,7 @@ def make_row(job: Job, label: str, per_rank: list[list[Timing]]) -> dict[str, An
     name = "ddp+powerSGD" if label == DDP_LABEL else ALGORITHM_CONFIGS[label][0]
     return {"model": job.model, "algorithm": label, "registered_as": name,
             "iterations": iterations_of(label), "workers": workers, "processes": job.processes,
+            "run_workers": job.settings.workers,
             "workers_per_process": workers // job.processes,
             "device": pick_device(job.settings.device).type, **asdict(median_timing(repetitions))}
 
@@ -549,9 +556,9 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     """``ratio_to_local`` and the parts' ratios: per worker, over local SGD of the same model and
     processes; ``codec_extra_s``: ``codec_s`` less local SGD's (the optimizer step that every method
     takes), the method's own encode, decode, projection and mixing work. Null without a local row."""
-    references = {(r["model"], r["processes"]): r for r in rows if r["algorithm"] == REFERENCE_LABEL}
+    references = {run_key(r): r for r in rows if r["algorithm"] == REFERENCE_LABEL}
     for row in rows:
-        reference = references.get((row["model"], row["processes"]))
+        reference = references.get(run_key(row))
         local_step = reference["step_s"] / reference["workers_per_process"] if reference else None
         row["codec_extra_s"] = None if reference is None else row["codec_s"] - (
             reference["codec_s"] / reference["workers_per_process"] * row["workers_per_process"])
@@ -559,6 +566,11 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                           ("codec_s", "codec_to_local"), ("comm_wait_s", "comm_wait_to_local")]:
             value = row[part]
             row[key] = None if local_step is None or value is None else value / row["workers_per_process"] / local_step
+
+
+def run_key(row: dict[str, Any]) -> tuple[str, int, int]:
+    """Rows measured in the same job (model, processes, workers on the ring) share a reference."""
+    return row["model"], row["processes"], row["run_workers"]
 
 
 def fraction(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:
@@ -605,8 +617,17 @@ def step_table(rows: list[dict[str, Any]]) -> str:
 # Targets of issue 8
 # --------------------------------------------------------------------------------------------
 
-def find_row(rows: list[dict[str, Any]], model: str, label: str, processes: int) -> Optional[dict[str, Any]]:
-    return next((r for r in rows if (r["model"], r["algorithm"], r["processes"]) == (model, label, processes)), None)
+def find_row(rows: list[dict[str, Any]], model: str, label: str, processes: int,
+             workers: Optional[int] = None) -> Optional[dict[str, Any]]:
+    """The row of ``label`` on ``model`` and ``processes``: on the smallest ring measured, or on
+    ``workers`` workers."""
+    matching = [r for r in rows if (r["model"], r["algorithm"], r["processes"]) == (model, label, processes)
+                and workers in (None, r["run_workers"])]
+    return min(matching, key=lambda r: r["run_workers"], default=None)
+
+
+def per_worker_step(row: Optional[dict[str, Any]]) -> Optional[float]:
+    return None if row is None else row["step_s"] / row["workers_per_process"]
 
 
 def target_lines(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -632,6 +653,10 @@ def target_lines(rows: list[dict[str, Any]]) -> list[list[str]]:
             return None
         return gossip["step_s"] / gossip["workers_per_process"] / ddp["step_s"]
 
+    def scaling(model: str, label: str, workers: int) -> Optional[float]:
+        small, large = per_worker_step(find_row(rows, model, label, 1)), per_worker_step(find_row(rows, model, label, 1, workers))
+        return None if small is None or large is None else large / small
+
     lines = [check("PowerGossip s=1 codec (extra) ≤ 1 % of LSTM forward/backward (P=1)",
                    codec_share("lstm", "powergossip-1"), 0.01),
              check("PowerGossip s=8 codec (extra) ≤ 5 % of LSTM forward/backward (P=1)",
@@ -646,6 +671,11 @@ def target_lines(rows: list[dict[str, Any]]) -> list[list[str]]:
         for processes in sorted({r["processes"] for r in rows}):
             lines.append(check(f"{model} P={processes}: PowerGossip s=1 step per worker ≤ DDP+powerSGD step",
                                versus_ddp(model, processes), 1.0, "{:.2f}×"))
+    smallest = min((r["run_workers"] for r in rows), default=0)
+    for model, label, workers in sorted({(r["model"], r["algorithm"], r["run_workers"]) for r in rows
+                                         if r["processes"] == 1 and r["run_workers"] > smallest}):
+        lines.append(check(f"{model} {label}: step per worker at n={workers} ≤ {SCALING_LIMIT}× n={smallest} (P=1)",
+                           scaling(model, label, workers), SCALING_LIMIT, "{:.2f}×"))
     return lines
 
 
@@ -671,6 +701,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="narrower models (same batch shapes): under 10 min on 2 cores")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="cuda when present (auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process on CPU (default: cores / P)")
+    parser.add_argument("--scale-to", type=int, default=32,
+                        help="also time " + ", ".join(SCALING_LABELS) + " with this many workers in one process (0: skip)")
+    parser.add_argument("--scale-model", default="mlp", help="the model of the scaling rows")
     parser.add_argument("--mlp", default="784,1024,1024,10", help="MLP layer widths, input first")
     parser.add_argument("--mlp-batch", type=int, default=128, help="MLP batch size per worker")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per model and process count")
@@ -678,9 +711,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def settings_from(args: argparse.Namespace, processes: int) -> Settings:
+def settings_from(args: argparse.Namespace, processes: int, workers: Optional[int] = None) -> Settings:
     steps = args.steps if args.steps is not None else (1 if args.quick else 3)
-    return Settings(quick=args.quick, workers=max(args.workers, processes), warmup=args.warmup, steps=steps,
+    return Settings(quick=args.quick, workers=max(workers or args.workers, processes), warmup=args.warmup, steps=steps,
                     repeats=args.repeats, device=args.device, threads=args.threads, mlp_sizes=tuple(int(w) for w in parse_list(args.mlp)),
                     mlp_batch=args.mlp_batch)
 
@@ -693,25 +726,30 @@ def runnable(requested: list[str], missing: dict[str, str], kind: str) -> list[s
 
 
 def measure_all(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every model × process count × algorithm, in that nesting; the rows with their ratios."""
+    """Every model × process count × algorithm, in that nesting, then the scaling rows (``--scale-to``
+    workers in one process); the rows with their ratios."""
     models = runnable(parse_list(args.models), unavailable_models(parse_list(args.models)), "model")
     labels = runnable(parse_list(args.algorithms), unavailable_algorithms(parse_list(args.algorithms)), "algorithm")
+    jobs = [Job(model, int(processes), tuple(labels), settings_from(args, int(processes)))
+            for model in models for processes in parse_list(args.processes)]
+    scaling_labels = tuple(label for label in labels if label in SCALING_LABELS)
+    if args.scale_to > args.workers and args.scale_model in models and scaling_labels:
+        jobs.append(Job(args.scale_model, 1, scaling_labels, settings_from(args, 1, args.scale_to)))
     rows = []
-    for model in models:
-        for processes in (int(p) for p in parse_list(args.processes)):
-            job = Job(model, processes, tuple(labels), settings_from(args, processes))
-            if job.settings.workers % processes:
-                print(f"skipping {model} P={processes}: {job.settings.workers} workers do not split over "
-                      f"{processes} processes", flush=True)
-                continue
-            print(f"{model} on {processes} process(es), n = {job.settings.workers}: "
-                  f"{WORKLOADS[model](job.settings).description}", flush=True)
-            try:
-                per_rank = spawn_job(job, args.timeout)
-            except RuntimeError as exc:
-                print(f"skipping {model} P={processes}: {exc}", flush=True)
-                continue
-            rows += [make_row(job, label, [results[label] for results in per_rank]) for label in labels]
+    for job in jobs:
+        model, processes = job.model, job.processes
+        if job.settings.workers % processes:
+            print(f"skipping {model} P={processes}: {job.settings.workers} workers do not split over "
+                  f"{processes} processes", flush=True)
+            continue
+        print(f"{model} on {processes} process(es), n = {job.settings.workers}: "
+              f"{WORKLOADS[model](job.settings).description}", flush=True)
+        try:
+            per_rank = spawn_job(job, args.timeout)
+        except RuntimeError as exc:
+            print(f"skipping {model} P={processes}: {exc}", flush=True)
+            continue
+        rows += [make_row(job, label, [results[label] for results in per_rank]) for label in job.labels]
     add_ratios(rows)
     return rows
 

@@ -42,23 +42,28 @@ def test_step_benchmark_writes_rows(tmp_path: Path):
     out = tmp_path / "steps.json"
     output = run_script("bench_gossip.py", ["--models", "mlp", "--mlp", "32,16,4", "--mlp-batch", "8",
                                             "--algorithms", "local,dpsgd", "--processes", "1", "--repeats", "1",
-                                            "--warmup", "1", "--steps", "2", "--threads", "1", "--json", str(out)])
+                                            "--warmup", "1", "--steps", "2", "--threads", "1", "--scale-to", "8",
+                                            "--json", str(out)])
     rows = json.loads(out.read_text())
-    assert [(r["model"], r["algorithm"], r["processes"]) for r in rows] == [("mlp", "local", 1), ("mlp", "dpsgd", 1)]
+    assert [(r["algorithm"], r["processes"], r["workers"]) for r in rows] == [
+        ("local", 1, 4), ("dpsgd", 1, 4), ("local", 1, 8), ("dpsgd", 1, 8)]  # then the scaling rows
     for row in rows:
         assert STEP_KEYS <= set(row)
         assert_finite_non_negative(row, ["iterations", "workers", "step_s", "compute_s", "comm_wait_s",
                                          "bytes_per_step", "ratio_to_local"])
         assert math.isfinite(row["codec_s"])  # the rest of the step: a difference of timings
     assert rows[0]["bytes_per_step"] == 0 and rows[1]["bytes_per_step"] > 0
+    assert [r["run_workers"] for r in rows] == [4, 4, 8, 8] and rows[2]["ratio_to_local"] == 1  # own reference
     assert any(line.startswith("|") and "dpsgd" in line for line in output.splitlines())  # the table
+    assert any("mlp dpsgd: step per worker at n=8 ≤ 1.1× n=4 (P=1)" in line for line in output.splitlines())
 
 
 def test_unknown_algorithm_is_one_line_and_skipped(tmp_path: Path):
     out = tmp_path / "steps.json"
     output = run_script("bench_gossip.py", ["--models", "mlp", "--mlp", "8,4", "--mlp-batch", "4",
                                             "--algorithms", "local,nosuch", "--processes", "1", "--repeats", "1",
-                                            "--warmup", "0", "--steps", "1", "--threads", "1", "--json", str(out)])
+                                            "--warmup", "0", "--steps", "1", "--threads", "1", "--scale-to", "0",
+                                            "--json", str(out)])
     assert [line for line in output.splitlines() if "nosuch" in line and "skipping" in line]
     assert [r["algorithm"] for r in json.loads(out.read_text())] == ["local"]
 
