@@ -16,7 +16,7 @@ import datetime
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -41,6 +41,10 @@ class PendingRound:
     inbox: dict[Pair, torch.Tensor]
     works: list = field(default_factory=list)
     peers: list[int] = field(default_factory=list)
+
+    def ready(self) -> bool:
+        """Whether every message of the round has arrived (never blocks)."""
+        return all(work.is_completed() for work in self.works)
 
     def wait(self) -> dict[Pair, torch.Tensor]:
         start = time.perf_counter()
@@ -123,6 +127,35 @@ class Network:
     def exchange(self, outbox: dict[Pair, torch.Tensor], expected: dict[Pair, Spec]) -> dict[Pair, torch.Tensor]:
         """One synchronous round: :meth:`start` and wait."""
         return self.start(outbox, expected).wait()
+
+    def pipelined(self, messages_of: Callable[[int], dict[Pair, torch.Tensor]],
+                  expected: dict[Pair, Spec]) -> Iterator[tuple[int, dict[Pair, torch.Tensor]]]:
+        """One round that overlaps making and using messages with their flight.
+
+        ``messages_of(worker)`` makes a local worker's outbox; it is posted at once, before the
+        next worker's is made. Then ``(worker, inbox)`` is yielded for every local worker as soon as
+        the messages it receives are complete, whichever worker that is (the inbox also holds the
+        local pairs). The caller must make every message before it changes any state that another
+        message depends on: all ``messages_of`` calls happen before the first yield. A backend
+        that matches messages by order rather than by tag (NCCL) gets the whole round posted at
+        once, in the sorted order that both sides derive."""
+        workers = list(self.local_workers)
+        if self.world_size > 1 and dist.get_backend() == "nccl":
+            outbox = {pair: message for worker in workers for pair, message in messages_of(worker).items()}
+            inbox = self.exchange(outbox, expected)
+            yield from ((worker, inbox) for worker in workers)
+            return
+        local: dict[Pair, torch.Tensor] = {}
+        rounds: dict[int, PendingRound] = {}
+        for worker in workers:
+            outbox = messages_of(worker)
+            remote = {(src, dst): spec for (src, dst), spec in expected.items() if dst == worker and not self.is_local(src)}
+            rounds[worker] = self.start(outbox, remote)
+            local.update((pair, message) for pair, message in rounds[worker].inbox.items() if self.is_local(pair[0]))
+        while rounds:
+            worker = next((w for w, pending in rounds.items() if pending.ready()), next(iter(rounds)))
+            received = {**local, **rounds.pop(worker).wait()}
+            yield worker, {pair: message for pair, message in received.items() if pair[1] == worker}
 
     def count_bytes(self, worker: int, nbytes: int) -> None:
         """Count bytes that a collective (not a point-to-point round) sends on behalf of ``worker``."""

@@ -10,16 +10,25 @@ from gossip.network import Network, NetworkError
 from conftest import spawn
 
 
-def ring_round(network: Network) -> dict:
-    """Every worker sends ``src+dst+1`` values ``100*src+dst`` to both ring neighbours."""
+def ring_round(network: Network, pipelined: bool = False) -> dict:
+    """Every worker sends ``src+dst+1`` values ``100*src+dst`` to both ring neighbours, in one posted
+    round or pipelined (each worker's messages posted as made, each inbox handed out when complete)."""
     n = network.n
-    outbox, expected = {}, {}
-    for i in network.local_workers:
-        for j in sorted({(i - 1) % n, (i + 1) % n} - {i}):
-            outbox[(i, j)] = torch.full((i + j + 1,), 100.0 * i + j)
-            expected[(j, i)] = (i + j + 1, torch.float32)
-    pending = network.start(outbox, expected)
-    inbox = pending.wait()
+
+    def messages_of(i: int) -> dict:
+        return {(i, j): torch.full((i + j + 1,), 100.0 * i + j) for j in sorted({(i - 1) % n, (i + 1) % n} - {i})}
+
+    expected = {(j, i): (i + j + 1, torch.float32) for i in network.local_workers for (_, j) in messages_of(i)}
+    if pipelined:
+        inbox, handed = {}, []
+        for worker, received in network.pipelined(messages_of, expected):
+            assert all(dst == worker for _, dst in received)  # each worker gets its own messages only
+            handed.append(worker)
+            inbox.update(received)
+        assert sorted(handed) == list(network.local_workers)
+    else:
+        inbox = network.start({pair: m for i in network.local_workers for pair, m in messages_of(i).items()},
+                              expected).wait()
     return {pair: tensor.tolist() for pair, tensor in inbox.items()}, list(network.bytes_sent)
 
 
@@ -40,19 +49,21 @@ def test_one_process_round_hands_over_in_memory_and_counts_bytes():
     assert sent == [4 * (2 * i + 2 + ((i - 1) % 5) + ((i + 1) % 5)) for i in range(5)]
 
 
-def _ring_worker(rank: int, world_size: int, n: int):
+def _ring_worker(rank: int, world_size: int, n: int, pipelined: bool):
     network = Network(n, rank, world_size)
-    inbox, sent = ring_round(network)
+    inbox, sent = ring_round(network, pipelined)
     check_ring(inbox, network.local_workers, n)
     values = network.gather_per_worker([float(w) for w in network.local_workers])
     mean = network.mean_over_workers([torch.full((2,), float(w)) for w in network.local_workers])
     return sent, values.tolist(), mean.tolist()
 
 
-def test_three_processes_two_workers_each_match_one_process():
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_three_processes_two_workers_each_match_one_process(pipelined):
     n = 6
-    results = spawn(_ring_worker, 3, n, timeout=90)
-    _, sent_single = ring_round(Network(n))
+    results = spawn(_ring_worker, 3, n, pipelined, timeout=90)
+    inbox_single, sent_single = ring_round(Network(n), pipelined)
+    check_ring(inbox_single, range(n), n)
     for rank, (sent, values, mean) in enumerate(results):
         local = range(2 * rank, 2 * rank + 2)
         assert [sent[i] for i in local] == [sent_single[i] for i in local]

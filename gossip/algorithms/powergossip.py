@@ -80,29 +80,33 @@ class PowerGossip(Algorithm):
 
     def gossip_round(self, with_dense: bool) -> None:
         """One compressed round for all local workers; the first round of a step also mixes the
-        uncompressed entries, which ride along at the end of every message."""
+        uncompressed entries, which ride along at the end of every message. Each worker's messages
+        leave as soon as they are projected, and each worker is updated as soon as its neighbours'
+        messages are in (:meth:`Network.pipelined`)."""
         dense_index = self.plan.dense_index
         dense = {w.id: w.params.index_select(0, dense_index) for w in self.workers} if with_dense else {}
         extra = dense_index.numel() if with_dense else 0
-        sent, outbox, expected = {}, {}, {}
-        for w in self.workers:
-            sent[w.id] = self.neighbourhoods[w.id].project(extra)
+        sent: dict[int, torch.Tensor] = {}
+
+        def messages_of(worker: int) -> dict[tuple[int, int], torch.Tensor]:
+            sent[worker] = self.neighbourhoods[worker].project(extra)
             if with_dense:
-                sent[w.id][:, sent[w.id].shape[1] - extra:] = dense[w.id]
-            for j, row in zip(self.edges[w.id], sent[w.id]):
-                outbox[(w.id, j)] = row
-                expected[(j, w.id)] = (row.numel(), torch.float32)
-        inbox = self.network.exchange(outbox, expected)
-        for w in self.workers:
-            neighbours = list(self.edges[w.id])
+                sent[worker][:, sent[worker].shape[1] - extra:] = dense[worker]
+            return {(worker, j): row for j, row in zip(self.edges[worker], sent[worker])}
+
+        width = self.plan.projection_floats(self.neighbourhoods[self.workers[0].id].side) + extra
+        expected = {(j, w.id): (width, torch.float32) for w in self.workers for j in self.edges[w.id]}
+        by_id = {w.id: w for w in self.workers}
+        for worker, inbox in self.network.pipelined(messages_of, expected):
+            neighbours = list(self.edges[worker])
             if not neighbours:
                 continue
-            received = torch.stack([inbox[(j, w.id)] for j in neighbours])
-            self.neighbourhoods[w.id].update(sent[w.id], received)
+            received = torch.stack([inbox[(j, worker)] for j in neighbours])
+            self.neighbourhoods[worker].update(sent[worker], received)
             if with_dense:
-                mixed = torch.addmv(dense[w.id], received[:, received.shape[1] - extra:].T,
-                                    self.neighbourhoods[w.id].weights, beta=self.topology.weight(w.id, w.id))
-                w.params.index_copy_(0, dense_index, mixed)
+                mixed = torch.addmv(dense[worker], received[:, width - extra:].T, self.neighbourhoods[worker].weights,
+                                    beta=self.topology.weight(worker, worker))
+                by_id[worker].params.index_copy_(0, dense_index, mixed)
 
     def worker_state(self, worker: Worker) -> dict[str, Any]:
         return {str(j): edge.state_dict() for j, edge in self.edges[worker.id].items()}
