@@ -26,10 +26,12 @@ All work is vectorised torch and runs on whatever device the input lives on.
 
 from __future__ import annotations
 
+import functools
+import math
 import numbers
 from abc import ABC, abstractmethod
 from dataclasses import MISSING, dataclass, fields
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
@@ -53,15 +55,109 @@ _OptGen = torch.Generator | None  # generator argument of the private codec hook
 
 
 # --------------------------------------------------------------------------- #
-# Bit packing and byte helpers
+# Bit packing
+#
+# Eight b-bit codes are exactly b bytes, so packing works on int64 "lanes" of
+# eight codes (one per byte): mask-and-shift steps merge neighbouring groups of
+# codes until the lane's low b bytes hold its eight codes as a little-endian
+# stream.  Unpacking runs the steps backwards.  Only the last lane can be
+# partial; it is zero-padded.
 # --------------------------------------------------------------------------- #
 def _packed_bytes(count: int, bits: int) -> int:
     """Bytes needed for ``count`` codes of ``bits`` bits each."""
     return (count * bits + 7) // 8
 
 
-def _bit_shifts(n: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(n, dtype=torch.uint8, device=device)
+def _lanes(count: int) -> int:
+    """Number of 8-code lanes holding ``count`` codes."""
+    return (count + 7) // 8
+
+
+def _field_mask(width: int, period: int) -> int:
+    """An int64 mask selecting the low ``width`` bits of every ``period``-bit field."""
+    return sum(((1 << width) - 1) << start for start in range(0, 64, period))
+
+
+#: Multiplier that gathers bit 0 of each byte of a lane into its top byte: byte i
+#: times 2^(7j+7) lands on bit 8i+7j+7, which is 56+i for j = 7-i; no two (i, j)
+#: share a bit, so there are no carries (products above bit 63 wrap away).
+_BIT_GATHER = 0x0102040810204080
+
+
+def _code_buffer(count: int, device: torch.device) -> torch.Tensor:
+    """A uint8 buffer for ``count`` codes, zero-padded to whole lanes (codes go in ``[:count]``)."""
+    buffer = torch.empty(8 * _lanes(count), dtype=torch.uint8, device=device)
+    buffer[count:].zero_()
+    return buffer
+
+
+def _regroup(words: torch.Tensor, shifted: torch.Tensor, keep: int, move: int, bits: int) -> None:
+    """``words := (words & keep) | (shifted & move)``, in place.  For ``bits <= 4`` the fields
+    are far enough apart that neither operand has stray bits in the other's fields, and one
+    mask after the OR does."""
+    if 2 * bits <= 8:
+        words.bitwise_or_(shifted).bitwise_and_(keep | move)
+    else:
+        words.bitwise_and_(keep).bitwise_or_(shifted.bitwise_and_(move))
+
+
+def _packed_columns(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack a lane-padded code buffer (modified in place): a (lanes, bits) uint8 view whose
+    rows are the packed bytes of each lane.  Codes must be below ``2**bits``."""
+    lanes = codes.view(torch.int64)
+    if bits == 8:
+        return codes.view(-1, 8)
+    if bits == 1:
+        return (lanes * _BIT_GATHER).view(torch.uint8).view(-1, 8)[:, 7:]
+    for group in (1, 2, 4):  # pairs of groups of `group` codes, 8*group bits apart, close up
+        low = _field_mask(group * bits, 16 * group)
+        _regroup(lanes, lanes >> (group * (8 - bits)), low, low << (group * bits), bits)
+    return codes.view(-1, 8)[:, :bits]
+
+
+def _pack_into(codes: torch.Tensor, bits: int, count: int, out: torch.Tensor) -> None:
+    """Write the first ``count`` codes of lane-padded buffer ``codes`` (clobbered) into ``out``
+    (``_packed_bytes(count, bits)`` bytes) as the stream :func:`pack_bits` documents."""
+    columns = _packed_columns(codes, bits)
+    full = count // 8
+    out[: full * bits].view(full, bits).copy_(columns[:full])
+    rest = out.numel() - full * bits
+    if rest:
+        out[full * bits :].copy_(columns[full, :rest])
+
+
+#: Elements per chunk of the multi-pass encoders (a multiple of 8): a chunk's temporaries stay
+#: in cache and are recycled by the allocator instead of page-faulting fresh memory per call.
+_CHUNK = 2**18
+
+
+def _encode_chunks(
+    flat: torch.Tensor, bits: int, out: torch.Tensor, fill: Callable[[torch.Tensor, torch.Tensor], None]
+) -> None:
+    """Pack the codes of ``flat`` into ``out`` chunk by chunk; ``fill(chunk, codes)`` writes the
+    uint8 codes of a chunk of ``flat`` into ``codes``.  Chunks start on whole bytes of ``out``."""
+    d = flat.numel()
+    for start in range(0, d, _CHUNK):
+        count = min(_CHUNK, d - start)
+        codes = _code_buffer(count, flat.device)
+        fill(flat[start : start + count], codes[:count])
+        first = start * bits // 8
+        _pack_into(codes, bits, count, out[first : first + _packed_bytes(count, bits)])
+
+
+def _unpacked_codes(wire: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """The codes of a packed stream, one per byte, in a lane-padded buffer (valid up to ``count``)."""
+    full = count // 8
+    lanes = torch.zeros(_lanes(count), 8, dtype=torch.uint8, device=wire.device)
+    lanes[:full, :bits] = wire[: full * bits].view(full, bits)
+    rest = wire.numel() - full * bits
+    if rest:
+        lanes[full, :rest] = wire[full * bits :]
+    words = lanes.view(torch.int64)
+    for group in (4, 2, 1):  # the upper half of each group of 2*group codes moves 8*group bits up
+        low = _field_mask(group * bits, 16 * group)
+        _regroup(words, words << (group * (8 - bits)), low, low << (8 * group), bits)
+    return lanes.view(-1)
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -71,11 +167,13 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     bits of each code are kept.  Used by every codec that sends sub-byte codes.
     """
     _check_int("bits", bits, 1, 8)
-    codes = codes.reshape(-1).to(torch.uint8)
-    stream = ((codes.unsqueeze(1) >> _bit_shifts(bits, codes.device)) & 1).reshape(-1)
-    padded = stream.new_zeros(8 * _packed_bytes(codes.numel(), bits))
-    padded[: stream.numel()] = stream
-    return (padded.view(-1, 8) << _bit_shifts(8, codes.device)).sum(1, dtype=torch.uint8)
+    codes = codes.reshape(-1)
+    count = codes.numel()
+    buffer = _code_buffer(count, codes.device)
+    buffer[:count].copy_(codes).bitwise_and_(2**bits - 1)
+    out = torch.empty(_packed_bytes(count, bits), dtype=torch.uint8, device=codes.device)
+    _pack_into(buffer, bits, count, out)
+    return out
 
 
 def unpack_bits(wire: torch.Tensor, bits: int, count: int) -> torch.Tensor:
@@ -91,39 +189,91 @@ def unpack_bits(wire: torch.Tensor, bits: int, count: int) -> torch.Tensor:
             f"expected a 1-D uint8 tensor of {expected} bytes for {count} {bits}-bit codes, "
             f"got {wire.dtype} of shape {tuple(wire.shape)}"
         )
-    stream = ((wire.unsqueeze(1) >> _bit_shifts(8, wire.device)) & 1).reshape(-1)
-    stream = stream[: count * bits].view(count, bits)
-    return (stream << _bit_shifts(bits, wire.device)).sum(1, dtype=torch.uint8)
+    if bits == 8:
+        return wire.clone()
+    return _unpacked_codes(wire, bits, count)[:count]
 
 
+# --------------------------------------------------------------------------- #
+# Decoding through lookup tables
+# --------------------------------------------------------------------------- #
+@functools.lru_cache(maxsize=None)
+def _byte_codes(bits: int, device: torch.device) -> torch.Tensor:
+    """(256, 8 // bits) int64: the codes each byte value holds, in stream order (bits divides 8)."""
+    byte = torch.arange(256, device=device).unsqueeze(1)
+    return (byte >> torch.arange(0, 8, bits, device=device)) & (2**bits - 1)
+
+
+#: Dtypes that copy 1, 2 or 4 fp32 values as one element (finite fp32 never form a wide NaN).
+_WIDE = {1: torch.float32, 2: torch.int64, 4: torch.complex128}
+
+
+def _lookup_rows(table: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> None:
+    """``out`` (contiguous fp32, ``len(index) * e`` values) := rows ``table[index]`` of the (256, e)
+    table, gathering several fp32 at a time through a wider dtype where ``out`` is aligned for it."""
+    per_row = table.shape[1]
+    unit = next(u for u in (4, 2, 1) if per_row % u == 0 and out.storage_offset() % u == 0)
+    wide = _WIDE[unit]
+    rows = out.view(wide).view(-1, per_row // unit)
+    torch.index_select(table.view(wide), 0, index.to(torch.int32), out=rows)
+
+
+def _decode_codes(wire: torch.Tensor, bits: int, values: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[i] = values[code i]`` for the codes packed in ``wire``: one table lookup per byte when
+    ``bits`` divides 8, else unpack first and look up per code."""
+    count = out.numel()
+    if 8 % bits:
+        codes = _unpacked_codes(wire, bits, count)[:count]
+        torch.index_select(values, 0, codes.to(torch.int32), out=out)
+        return
+    per_byte = 8 // bits
+    table = values[_byte_codes(bits, values.device)]
+    full = count // per_byte
+    _lookup_rows(table, wire[:full], out[: full * per_byte])
+    if full * per_byte < count:
+        out[full * per_byte :].copy_(table[wire[full].long(), : count - full * per_byte])
+
+
+# --------------------------------------------------------------------------- #
+# Byte helpers and randomness
+# --------------------------------------------------------------------------- #
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
     """Reinterpret a 1-D contiguous tensor as its raw bytes (no copy)."""
     return t.contiguous().view(torch.uint8)
 
 
 def _from_bytes(wire: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Reinterpret raw bytes as ``dtype``; copies so the result never aliases (or
-    depends on the alignment of) the caller's receive buffer."""
-    return wire.clone().view(dtype)
+    """Reinterpret raw bytes as ``dtype``: a view when ``wire`` is aligned for it, else a copy.
+    Callers consume the result before returning, so a view never escapes."""
+    if wire.storage_offset() % dtype.itemsize:
+        wire = wire.clone()
+    return wire.view(dtype)
 
 
-# --------------------------------------------------------------------------- #
-# Randomness
-# --------------------------------------------------------------------------- #
-def _uniform(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """``n`` fp32 draws from U[0, 1), made on the generator's device."""
-    return torch.rand(n, generator=generator, device=generator.device).to(device)
+#: Stochastic rounding works in fixed point with this many steps per unit.
+_ROUNDING_STEPS = 2**16
 
 
-def _stochastic_round(scaled: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Round each entry down or up with P(up) = its fractional part.
+def _random_int16(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """``n`` uniform int16 draws, four per 64-bit random word (a quarter of the generator calls
+    ``torch.rand`` makes); drawn on the generator's device."""
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=generator.device)
+    words.random_(-(2**63), None, generator=generator)
+    return words.view(torch.int16)[:n].to(device)
 
-    Unbiased (E[result] = scaled) and exact on integers; comparing ``u < frac``
-    avoids the float error of ``floor(scaled + u)``, which can round up an integer.
+
+def _stochastic_round_into(fixed: torch.Tensor, generator: torch.Generator, out: torch.Tensor) -> None:
+    """``out`` (uint8) := each value of ``fixed / 2**16`` rounded down, or up with probability
+    equal to its fractional part at 2^-16 resolution.
+
+    ``fixed`` holds values already multiplied by ``_ROUNDING_STEPS``, in [0, 256 * 2^16).  Adding a
+    uniform integer in [0, 2^16) and dropping the low 16 bits rounds up with probability
+    floor(frac * 2^16) / 2^16: biased by less than 2^-16 of a level, and exact on integers.
     """
-    low = scaled.floor()
-    u = _uniform(scaled.numel(), generator, scaled.device)
-    return low + (u < scaled - low).to(scaled.dtype)
+    steps = fixed.to(torch.int32)  # truncation is floor: values are non-negative
+    steps.add_(_random_int16(fixed.numel(), generator, fixed.device).to(torch.int32))
+    steps.add_(_ROUNDING_STEPS // 2)
+    out.copy_(steps.view(torch.uint8)[2::4])  # bits 16..23 (little-endian): the rounded value
 
 
 # --------------------------------------------------------------------------- #
@@ -146,6 +296,57 @@ def _check_bool(name: str, value: object) -> None:
 
 
 # --------------------------------------------------------------------------- #
+# Selection helpers
+# --------------------------------------------------------------------------- #
+#: Sample size of the top-k threshold estimate; the fast path needs d >= 4x this.
+_TOPK_SAMPLE = 2**14
+
+
+def _topk_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest-magnitude entries of ``flat``: torch.topk's selection up to ties.
+
+    For large inputs with small k, a threshold no larger than the k-th largest magnitude is
+    estimated from a strided sample, and topk runs only on the entries not below it (NaN, which
+    topk ranks highest, stays a candidate), found chunk by chunk so that no |x| of the whole
+    tensor is allocated.  Too few candidates means the estimate was too high: full topk.
+    """
+    d = flat.numel()
+    if d < 4 * _TOPK_SAMPLE or 16 * k > d:
+        return torch.topk(flat.abs(), k, sorted=False).indices
+    sample = flat[:: d // _TOPK_SAMPLE].abs()
+    expected = k * sample.numel() / d
+    rank = min(sample.numel(), math.ceil(expected + 4 * math.sqrt(expected) + 4))
+    threshold = torch.topk(sample, rank, sorted=False).values.min()
+    candidates = torch.cat([
+        torch.lt(flat[start : start + _CHUNK].abs(), threshold).logical_not_().nonzero().squeeze(1) + start
+        for start in range(0, d, _CHUNK)
+    ])
+    if candidates.numel() < k:
+        return torch.topk(flat.abs(), k, sorted=False).indices
+    return candidates[torch.topk(flat[candidates].abs(), k, sorted=False).indices]
+
+
+def _distinct_draws(d: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``k`` distinct indices below ``d``, uniformly at random, in O(k log k).
+
+    Draws i.i.d. indices and keeps the distinct ones, each round drawing exactly as many as are
+    missing, so the result is the first k distinct values of an i.i.d. stream: a uniform
+    k-subset.  Order: the sorted distinct values of the first round, then the later rounds'
+    new values, sorted per round (a deterministic function of the draws).
+    """
+    device = generator.device
+    chosen = torch.unique(torch.randint(d, (k,), generator=generator, device=device))
+    extra = chosen[:0]
+    while chosen.numel() + extra.numel() < k:
+        missing = k - chosen.numel() - extra.numel()
+        draws = torch.randint(d, (missing,), generator=generator, device=device)
+        fresh = torch.unique(torch.cat([extra, draws]))
+        slot = torch.searchsorted(chosen, fresh).clamp_(max=chosen.numel() - 1)
+        extra = fresh[chosen[slot] != fresh]
+    return torch.cat([chosen, extra])
+
+
+# --------------------------------------------------------------------------- #
 # Codecs
 # --------------------------------------------------------------------------- #
 class Codec(ABC):
@@ -153,8 +354,8 @@ class Codec(ABC):
 
     Subclasses are frozen dataclasses whose fields are exactly the options that
     :func:`build` accepts; they implement ``wire_bytes``, ``_encode`` and
-    ``_decode``, while this class does the shared input checks.  Tensors must
-    be non-empty.
+    ``_decode``, while this class does the shared input checks and allocates
+    outputs that the caller did not supply.  Tensors must be non-empty.
     """
 
     name: ClassVar[str]
@@ -166,28 +367,44 @@ class Codec(ABC):
         """Exact length of ``encode``'s output for a tensor of ``numel`` elements."""
 
     @abstractmethod
-    def _encode(self, flat: torch.Tensor, generator: _OptGen) -> torch.Tensor:
-        """Encode a contiguous 1-D fp32 tensor."""
+    def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
+        """Encode a contiguous 1-D fp32 tensor into ``out`` (uint8, ``wire_bytes`` long)."""
 
     @abstractmethod
-    def _decode(self, wire: torch.Tensor, d: int, generator: _OptGen) -> torch.Tensor:
-        """Decode ``wire`` (already on the output device) into ``d`` fp32 values."""
+    def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
+        """Decode ``wire`` (already on ``out``'s device) into contiguous 1-D fp32 ``out``."""
 
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Encode float tensor ``x`` (any shape, read flattened) into a fresh 1-D
-        uint8 tensor of ``wire_bytes(x.numel())`` bytes on ``x``'s device."""
+    def encode(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Encode float tensor ``x`` (any shape, read flattened) into a 1-D uint8 tensor of
+        ``wire_bytes(x.numel())`` bytes on ``x``'s device and return it.
+
+        ``out``, when given, is that tensor: written in place (e.g. a slice of a larger send
+        buffer), which spares allocating, and page-faulting, a fresh one per call.
+        """
         if not x.is_floating_point() or x.numel() == 0:
             raise ValueError(
                 f"{self.name} codec encodes non-empty float tensors, got {x.dtype} {tuple(x.shape)}"
             )
         self._check_generator(generator, self.encode_needs_generator, "encode")
-        flat = x.detach().reshape(-1).to(torch.float32).contiguous()
-        return self._encode(flat, generator)
+        shape = (self.wire_bytes(x.numel()),)
+        wire = self._output(out, shape, torch.uint8, x.device, "wire")
+        self._encode(x.detach().reshape(-1).to(torch.float32).contiguous(), generator, wire)
+        return wire
 
     def decode(
-        self, wire: torch.Tensor, like: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        wire: torch.Tensor,
+        like: torch.Tensor,
+        generator: torch.Generator | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Decode ``wire`` into a new tensor with ``like``'s shape, dtype and device."""
+        """Decode ``wire`` into a new tensor with ``like``'s shape, dtype and device.
+
+        ``out``, when given, must be a contiguous fp32 tensor with ``like``'s shape on its device;
+        it is written in place and returned (``like`` may be ``out`` itself).
+        """
         if like.numel() == 0:
             raise ValueError(f"{self.name} codec cannot decode into an empty tensor")
         expected = self.wire_bytes(like.numel())
@@ -197,8 +414,23 @@ class Codec(ABC):
                 f"{like.numel()} elements, got {wire.dtype} of shape {tuple(wire.shape)}"
             )
         self._check_generator(generator, self.decode_needs_generator, "decode")
-        flat = self._decode(wire.to(like.device), like.numel(), generator)
-        return flat.reshape(like.shape).to(like.dtype)
+        target = self._output(out, tuple(like.shape), torch.float32, like.device, "decoded")
+        self._decode(wire.to(like.device), generator, target.view(-1))
+        return target if out is not None else target.to(like.dtype)
+
+    def _output(
+        self, out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, what: str
+    ) -> torch.Tensor:
+        """``out`` after checking that it fits, or a fresh tensor when it is None."""
+        if out is None:
+            return torch.empty(shape, dtype=dtype, device=device)
+        if out.dtype != dtype or tuple(out.shape) != shape or out.device != device or not out.is_contiguous():
+            raise ValueError(
+                f"{self.name} codec: out for the {what} must be a contiguous {dtype} tensor of shape "
+                f"{shape} on {device}, got {'a non-contiguous ' if not out.is_contiguous() else ''}"
+                f"{out.dtype} of shape {tuple(out.shape)} on {out.device}"
+            )
+        return out
 
     def _check_generator(self, generator: torch.Generator | None, needed: bool, op: str) -> None:
         if needed and generator is None:
@@ -218,11 +450,11 @@ class Identity(Codec):
     def wire_bytes(self, numel: int) -> int:
         return 4 * numel
 
-    def _encode(self, flat: torch.Tensor, generator: _OptGen) -> torch.Tensor:
-        return _as_bytes(flat).clone()
+    def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
+        out.copy_(_as_bytes(flat))
 
-    def _decode(self, wire: torch.Tensor, d: int, generator: _OptGen) -> torch.Tensor:
-        return _from_bytes(wire, torch.float32)
+    def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
+        out.view(torch.uint8).copy_(wire)
 
 
 @dataclass(frozen=True, repr=False)
@@ -245,7 +477,9 @@ class TopK(Sparsifier):
     """Keeps the k largest-magnitude entries (ChocoSGD's top-k).
 
     Wire: k fp32 values, then their k int32 flat indices (8k bytes).  Decode
-    scatters the values into zeros.  Ties in magnitude are broken by torch.topk.
+    scatters the values into zeros.  The selection is torch.topk's up to ties
+    (ties in magnitude may be broken differently), found on a thresholded
+    subset when k is small (see ``_topk_indices``).
     """
 
     name: ClassVar[str] = "topk"
@@ -253,27 +487,32 @@ class TopK(Sparsifier):
     def wire_bytes(self, numel: int) -> int:
         return 8 * self.k_for(numel)
 
-    def _encode(self, flat: torch.Tensor, generator: _OptGen) -> torch.Tensor:
+    def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
         if flat.numel() > _INT32_MAX:
             raise ValueError(f"topk indices are int32; {flat.numel()} elements is too many")
-        indices = torch.topk(flat.abs(), self.k_for(flat.numel()), sorted=False).indices
-        return torch.cat([_as_bytes(flat[indices]), _as_bytes(indices.to(torch.int32))])
+        k = self.k_for(flat.numel())
+        indices = _topk_indices(flat, k)
+        out[: 4 * k].copy_(_as_bytes(flat[indices]))
+        out[4 * k :].copy_(_as_bytes(indices.to(torch.int32)))
 
-    def _decode(self, wire: torch.Tensor, d: int, generator: _OptGen) -> torch.Tensor:
-        k = self.k_for(d)
+    def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
+        k = self.k_for(out.numel())
         values = _from_bytes(wire[: 4 * k], torch.float32)
         indices = _from_bytes(wire[4 * k :], torch.int32).long()
-        return torch.zeros(d, dtype=torch.float32, device=wire.device).scatter_(0, indices, values)
+        out.zero_().scatter_(0, indices, values)
 
 
 @dataclass(frozen=True, repr=False)
 class RandomK(Sparsifier):
     """Sends k entries at indices drawn from a shared generator.
 
-    Wire: the k fp32 values only (4k bytes).  The indices are the first k of
-    ``torch.randperm(d)`` drawn from the generator (on its device, O(d) work),
-    so the receiver must pass an identically seeded generator to ``decode``.
-    With ``rescale`` decode multiplies by d/k, making the estimate unbiased.
+    Wire: the k fp32 values only (4k bytes), in the order of the indices, which
+    the receiver rebuilds from an identically seeded generator passed to
+    ``decode``.  The indices are a uniform k-subset: for k <= d/4 the distinct
+    values of ``torch.randint`` draws (see ``_distinct_draws``, O(k log k)),
+    otherwise the first k of ``torch.randperm(d)`` (O(d)); drawn on the
+    generator's device.  With ``rescale`` decode multiplies by d/k, making the
+    estimate unbiased.
     """
 
     rescale: bool = False
@@ -289,18 +528,20 @@ class RandomK(Sparsifier):
         return 4 * self.k_for(numel)
 
     def _indices(self, d: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        perm = torch.randperm(d, generator=generator, device=generator.device)
-        return perm[: self.k_for(d)].to(device)
+        k = self.k_for(d)
+        if 4 * k <= d:
+            return _distinct_draws(d, k, generator).to(device)
+        return torch.randperm(d, generator=generator, device=generator.device)[:k].to(device)
 
-    def _encode(self, flat: torch.Tensor, generator: _OptGen) -> torch.Tensor:
-        return _as_bytes(flat[self._indices(flat.numel(), generator, flat.device)])
+    def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
+        out.copy_(_as_bytes(flat[self._indices(flat.numel(), generator, flat.device)]))
 
-    def _decode(self, wire: torch.Tensor, d: int, generator: _OptGen) -> torch.Tensor:
+    def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
+        d = out.numel()
         values = _from_bytes(wire, torch.float32)
         if self.rescale:
             values = values * (d / self.k_for(d))
-        indices = self._indices(d, generator, wire.device)
-        return torch.zeros(d, dtype=torch.float32, device=wire.device).scatter_(0, indices, values)
+        out.zero_().scatter_(0, self._indices(d, generator, out.device), values)
 
 
 @dataclass(frozen=True, repr=False)
@@ -317,22 +558,30 @@ class SignNorm(Codec):
     def wire_bytes(self, numel: int) -> int:
         return 4 + _packed_bytes(numel, 1)
 
-    def _encode(self, flat: torch.Tensor, generator: _OptGen) -> torch.Tensor:
-        scale = flat.abs().mean().reshape(1)
-        return torch.cat([_as_bytes(scale), pack_bits(flat >= 0, 1)])
+    def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
+        norms = []
 
-    def _decode(self, wire: torch.Tensor, d: int, generator: _OptGen) -> torch.Tensor:
+        def fill(chunk: torch.Tensor, codes: torch.Tensor) -> None:
+            norms.append(chunk.abs().sum())  # faster than vector_norm(ord=1) on CPU
+            torch.ge(chunk, 0, out=codes.view(torch.bool))
+
+        _encode_chunks(flat, 1, out[4:], fill)
+        scale = torch.stack(norms).sum().div_(flat.numel())
+        out[:4].copy_(_as_bytes(scale.reshape(1)))
+
+    def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
         scale = _from_bytes(wire[:4], torch.float32)
-        positive = unpack_bits(wire[4:], 1, d).to(torch.float32)
-        return (2 * positive - 1) * scale
+        positive = torch.arange(2, dtype=torch.float32, device=out.device)
+        _decode_codes(wire[4:], 1, (2 * positive - 1) * scale, out)
 
 
 @dataclass(frozen=True, repr=False)
 class QSGD(Codec):
     """QSGD (Alistarh et al., 2017) with ``levels`` = s levels and stochastic rounding.
 
-    Encode: ``level = |x| * s / ||x||_2`` rounded stochastically (unbiased,
-    exact when already an integer), clamped to s against float error.  Decode:
+    Encode: ``level = |x| * s / ||x||_2`` rounded stochastically (P(up) is the
+    fractional part at 2^-16 resolution: bias below 2^-16 of a level, exact when
+    already an integer), clamped to s against float error.  Decode:
     ``sign * level * ||x||_2 / s``; a zero norm gives all zeros.
 
     Wire: fp32 ``||x||_2``, then per entry a code ``2 * level + (x < 0)`` of
@@ -355,19 +604,25 @@ class QSGD(Codec):
     def wire_bytes(self, numel: int) -> int:
         return 4 + _packed_bytes(numel, self.bits)
 
-    def _encode(self, flat: torch.Tensor, generator: _OptGen) -> torch.Tensor:
+    def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
+        top = self.levels * _ROUNDING_STEPS
         norm = torch.linalg.vector_norm(flat)
-        scaled = torch.where(norm > 0, flat.abs() * self.levels / norm, 0.0)
-        level = _stochastic_round(scaled, generator).clamp_(max=self.levels)
-        codes = 2 * level.to(torch.uint8) + (flat < 0).to(torch.uint8)
-        return torch.cat([_as_bytes(norm.reshape(1)), pack_bits(codes, self.bits)])
+        out[:4].copy_(_as_bytes(norm.reshape(1)))
+        divisor = torch.where(norm > 0, norm, 1.0)  # a zero norm means x == 0: levels 0
 
-    def _decode(self, wire: torch.Tensor, d: int, generator: _OptGen) -> torch.Tensor:
+        def fill(chunk: torch.Tensor, codes: torch.Tensor) -> None:
+            fixed = chunk.abs().mul_(top).div_(divisor).clamp_(max=top)  # 2^16 |x| s / norm, exactly
+            _stochastic_round_into(fixed, generator, codes)
+            codes.mul_(2).add_(torch.lt(chunk, 0))
+
+        _encode_chunks(flat, self.bits, out[4:], fill)
+
+    def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
         norm = _from_bytes(wire[:4], torch.float32)
-        codes = unpack_bits(wire[4:], self.bits, d)
+        codes = torch.arange(2**self.bits, device=out.device)
         sign = 1 - 2 * (codes & 1).to(torch.float32)
         level = (codes >> 1).to(torch.float32)
-        return sign * level * norm / self.levels
+        _decode_codes(wire[4:], self.bits, sign * level * norm / self.levels, out)
 
 
 @dataclass(frozen=True, repr=False)
@@ -377,8 +632,9 @@ class Moniqua(Codec):
     The algorithm itself applies the centred modulo and the scaling by B; this
     codec only quantises.  Levels are the 2^b points ``-1/2 + k*delta`` with
     ``delta = 1/(2^b - 1)``; each entry is stochastically rounded to one of its
-    two neighbouring levels (unbiased, error below delta) and sent as its b-bit
-    index k.  Inputs outside [-1/2, 1/2] are clamped first (so they are biased).
+    two neighbouring levels (unbiased up to 2^-16 of delta, error below delta)
+    and sent as its b-bit index k.  Inputs outside [-1/2, 1/2] are clamped first
+    (so they are biased).
 
     Wire: the indices packed by :func:`pack_bits`, ceil(d*b/8) bytes, no scale.
     Encode computes ``x*n + n/2`` and decode ``(2k - n) / (2n)`` (n = 2^b - 1),
@@ -400,15 +656,20 @@ class Moniqua(Codec):
     def wire_bytes(self, numel: int) -> int:
         return _packed_bytes(numel, self.bits)
 
-    def _encode(self, flat: torch.Tensor, generator: _OptGen) -> torch.Tensor:
+    def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
         n = 2**self.bits - 1
-        scaled = flat.clamp(-0.5, 0.5) * n + n / 2
-        return pack_bits(_stochastic_round(scaled, generator), self.bits)
 
-    def _decode(self, wire: torch.Tensor, d: int, generator: _OptGen) -> torch.Tensor:
+        def fill(chunk: torch.Tensor, codes: torch.Tensor) -> None:
+            # 2^16 (x*n + n/2), exactly: scaling by a power of two commutes with rounding
+            fixed = chunk.clamp(-0.5, 0.5).mul_(n * _ROUNDING_STEPS).add_(n * _ROUNDING_STEPS // 2)
+            _stochastic_round_into(fixed, generator, codes)
+
+        _encode_chunks(flat, self.bits, out, fill)
+
+    def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
         n = 2**self.bits - 1
-        k = unpack_bits(wire, self.bits, d).to(torch.float32)
-        return (2 * k - n) / (2 * n)
+        k = torch.arange(n + 1, dtype=torch.float32, device=out.device)
+        _decode_codes(wire, self.bits, (2 * k - n) / (2 * n), out)
 
 
 CODECS: dict[str, type[Codec]] = {

@@ -3,7 +3,8 @@
     python scripts/bench_codecs.py [--sizes 1e6,1e7,1e8] [--quick] [--repeats R] [--device auto] [--json OUT]
 
 For each size and codec, one repetition times a plain ``copy_`` of the fp32 vector, its ``encode``
-and the ``decode`` of the result (each call repeated for at least ``--min-time`` seconds); the ratio
+and the ``decode`` of the result (each call repeated for at least ``--min-time`` seconds), encode and
+decode writing into preallocated buffers through ``out=`` as the algorithms do; the ratio
 ``copy / (encode + decode)`` is the codec's throughput as a fraction of copy throughput (1 = as fast
 as a copy). Every column is the median over the repetitions. Inputs are uniform in [−½, ½) (what
 Moniqua's quantiser expects; the other codecs do not care). Randomised codecs get a freshly seeded
@@ -58,15 +59,18 @@ def fresh_generator(device: torch.device) -> torch.Generator:
 
 
 def time_codec(codec: compression.Codec, values: torch.Tensor, min_time: float) -> dict[str, float]:
-    """One repetition: seconds per copy, per encode and per decode of ``values``."""
+    """One repetition: seconds per copy, per encode and per decode of ``values``, each writing into a
+    preallocated output (``out=``), as the algorithms' packed send and receive buffers do."""
     device = values.device
     target = torch.empty_like(values)
+    wire = torch.empty(codec.wire_bytes(values.numel()), dtype=torch.uint8, device=device)
     encode_gen = (lambda: fresh_generator(device)) if codec.encode_needs_generator else (lambda: None)
     decode_gen = (lambda: fresh_generator(device)) if codec.decode_needs_generator else (lambda: None)
-    wire = codec.encode(values, encode_gen())
+    codec.encode(values, encode_gen(), out=wire)
     return {"copy_s": seconds_per_call(lambda: target.copy_(values), device, min_time),
-            "encode_s": seconds_per_call(lambda: codec.encode(values, encode_gen()), device, min_time),
-            "decode_s": seconds_per_call(lambda: codec.decode(wire, values, decode_gen()), device, min_time)}
+            "encode_s": seconds_per_call(lambda: codec.encode(values, encode_gen(), out=wire), device, min_time),
+            "decode_s": seconds_per_call(lambda: codec.decode(wire, values, decode_gen(), out=target), device,
+                                         min_time)}
 
 
 def measure(label: str, elements: int, repeats: int, min_time: float, device: torch.device) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gossip.compression import Codec, build, pack_bits, unpack_bits
+from gossip.compression import _distinct_draws, _topk_indices
 
 SIZES = [1, 7, 13, 64, 1000]
 
@@ -78,6 +79,29 @@ def test_pack_bits_is_little_endian() -> None:
     assert pack_bits(torch.tensor([5, 1]), 3).tolist() == [0b001101]
 
 
+def reference_pack(codes: list[int], bits: int) -> list[int]:
+    """The documented stream, one bit at a time: code i's bit j is stream bit i*bits + j."""
+    out = [0] * math.ceil(len(codes) * bits / 8)
+    for i, code in enumerate(codes):
+        for j in range(bits):
+            position = i * bits + j
+            out[position // 8] |= ((code >> j) & 1) << (position % 8)
+    return out
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("count", [1, 7, 8, 9, 15, 16, 17, 63, 64, 65])
+def test_pack_matches_bitwise_reference(bits: int, count: int) -> None:
+    codes = torch.randint(0, 2**bits, (count,), generator=gen(count + 100 * bits), dtype=torch.uint8)
+    packed = pack_bits(codes, bits)
+    assert packed.tolist() == reference_pack(codes.tolist(), bits)
+    assert torch.equal(unpack_bits(packed, bits, count), codes)
+
+
+def test_pack_keeps_only_low_bits() -> None:
+    assert pack_bits(torch.tensor([0xFF, 0x10]), 4).tolist() == [0x0F]
+
+
 def test_unpack_rejects_wrong_length() -> None:
     with pytest.raises(ValueError, match="bytes"):
         unpack_bits(torch.zeros(3, dtype=torch.uint8), 4, 7)
@@ -115,6 +139,44 @@ def test_encode_output_does_not_alias_input() -> None:
     wire = build("identity").encode(x)
     x.zero_()
     assert build("identity").decode(wire, x).abs().sum() > 0
+
+
+# ------------------------------------------------------------------------ out=
+@pytest.mark.parametrize("codec", CODECS, ids=repr)
+@pytest.mark.parametrize("d", [13, 1000])
+def test_out_buffers_written_in_place(codec: Codec, d: int) -> None:
+    x = torch.rand(d, generator=gen(d)) - 0.5
+    fresh = codec.encode(x, gen(5))
+    wire = torch.full((codec.wire_bytes(d) + 3,), 7, dtype=torch.uint8)
+    result = codec.encode(x, gen(5), out=wire[1:-2])
+    assert result.data_ptr() == wire[1:].data_ptr() and torch.equal(result, fresh)
+    assert wire[0] == 7 and wire[-2:].tolist() == [7, 7]  # nothing outside the slice
+    flat = torch.full((d + 2,), 9.0)
+    decoded = codec.decode(fresh, x, gen(5), out=flat[1:-1])
+    assert decoded.data_ptr() == flat[1:].data_ptr()
+    assert torch.equal(decoded, codec.decode(fresh, x, gen(5)))
+    assert flat[0] == 9 and flat[-1] == 9
+
+
+@pytest.mark.parametrize(
+    "out", [torch.empty(41, dtype=torch.uint8), torch.empty(40, dtype=torch.int8),
+            torch.empty(80, dtype=torch.uint8)[::2], torch.empty(4, 10, dtype=torch.uint8)],
+)
+def test_encode_rejects_bad_out(out: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="out for the wire must be") as info:
+        build("identity").encode(torch.randn(10), out=out)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "out", [torch.empty(11), torch.empty(10, dtype=torch.float64), torch.empty(20)[::2], torch.empty(2, 5)],
+)
+def test_decode_rejects_bad_out(out: torch.Tensor) -> None:
+    codec = build("sign")
+    x = torch.randn(10)
+    with pytest.raises(ValueError, match="out for the decoded must be") as info:
+        codec.decode(codec.encode(x), x, out=out)
+    assert "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------- identity
@@ -166,6 +228,59 @@ def test_rescaled_randomk_unbiased() -> None:
     k = codec.k_for(d)
     std = x.abs() * math.sqrt((d / k - 1) / draws)
     assert torch.all((mc_mean(codec, x, draws) - x).abs() <= 5 * std + 1e-6)
+
+
+TOPK_D = 70_000  # large enough for the thresholded path (d >= 4 * 2^14, k <= d / 16)
+
+
+def topk_inputs() -> dict[str, torch.Tensor]:
+    x = torch.randn(TOPK_D, generator=gen(11))
+    huge = torch.randn(TOPK_D, generator=gen(12))
+    huge[123] = 1e30
+    ties = torch.randint(-3, 4, (TOPK_D,), generator=gen(13)).float()
+    return {"random": x, "sorted": x.abs().sort().values, "descending": -x.abs().sort().values,
+            "constant": torch.full((TOPK_D,), 0.5), "ties": ties, "huge": huge,
+            "zeros-and-one": torch.zeros(TOPK_D).index_fill_(0, torch.tensor([5]), -2.0)}
+
+
+@pytest.mark.parametrize("name", list(topk_inputs()))
+@pytest.mark.parametrize("k", [1, 700, 4375])
+def test_topk_fast_path_matches_torch_topk(name: str, k: int) -> None:
+    x = topk_inputs()[name]
+    chosen = _topk_indices(x, k)
+    expected = torch.topk(x.abs(), k).values
+    assert chosen.unique().numel() == k
+    assert torch.equal(x[chosen].abs().sort(descending=True).values, expected)
+    # the index set equals torch.topk's except among entries tied with the k-th magnitude
+    kth = expected[-1]
+    strict = (x.abs() > kth).nonzero().flatten()
+    assert set(strict.tolist()) <= set(chosen.tolist())
+
+
+@pytest.mark.parametrize("d, k", [(1000, 10), (1000, 250), (100_000, 1000), (50, 1)])
+def test_distinct_draws_are_distinct_in_range_and_reproducible(d: int, k: int) -> None:
+    drawn = _distinct_draws(d, k, gen(3))
+    assert drawn.numel() == k and drawn.unique().numel() == k
+    assert 0 <= drawn.min() and drawn.max() < d
+    assert torch.equal(drawn, _distinct_draws(d, k, gen(3)))
+
+
+def test_distinct_draws_roughly_uniform() -> None:
+    d, k, draws = 40, 10, 2000
+    counts = torch.zeros(d)
+    for seed in range(draws):
+        counts[_distinct_draws(d, k, gen(seed))] += 1
+    expected = draws * k / d  # 500 per index; binomial std about 19
+    assert (counts - expected).abs().max() < 6 * math.sqrt(expected)
+
+
+def test_randomk_sender_and_receiver_agree_on_small_fraction() -> None:
+    codec = build("randomk", fraction=0.01)
+    x = torch.randn(5000, generator=gen()) + 10
+    out = codec.decode(codec.encode(x, gen(9)), x, gen(9))
+    support = out.nonzero().flatten()
+    assert support.numel() == codec.k_for(5000)
+    assert torch.equal(out[support], x[support])
 
 
 # ------------------------------------------------------------------------ sign

@@ -36,7 +36,9 @@ CODEC_OPTION_KEYS = ("fraction", "rescale", "levels")
 class PackedCodec:
     """One codec applied to every parameter tensor of a flat vector, the wires laid end to end.
 
-    The per-tensor value and wire offsets are computed once, from the parameter ``shapes``.
+    The per-tensor value and wire offsets are computed once, from the parameter ``shapes``; each
+    tensor is encoded straight into its slice of the wire and decoded straight into its slice of
+    the flat vector (the codecs' ``out=``), with no per-tensor temporaries.
     """
 
     def __init__(self, codec: compression.Codec, shapes: Sequence[torch.Size]) -> None:
@@ -53,14 +55,14 @@ class PackedCodec:
         """The wire buffer (1-D uint8, ``wire_bytes`` long) of the flat fp32 vector ``flat``."""
         wire = torch.empty(self.wire_bytes, dtype=torch.uint8, device=flat.device)
         for (v0, v1), (b0, b1) in zip(self.value_ranges, self.wire_ranges):
-            wire[b0:b1] = self.codec.encode(flat[v0:v1], gen)
+            self.codec.encode(flat[v0:v1], gen, out=wire[b0:b1])
         return wire
 
     def decode(self, wire: torch.Tensor, device: torch.device, gen: torch.Generator | None = None) -> torch.Tensor:
         """The flat fp32 vector on ``device`` that ``wire`` stands for."""
         flat = torch.empty(self.numel, dtype=torch.float32, device=device)
         for (v0, v1), (b0, b1) in zip(self.value_ranges, self.wire_ranges):
-            flat[v0:v1] = self.codec.decode(wire[b0:b1], flat[v0:v1], gen)
+            self.codec.decode(wire[b0:b1], flat[v0:v1], gen, out=flat[v0:v1])
         return flat
 
 
