@@ -22,7 +22,7 @@ neighbour), and the rank-``r`` updates from all neighbours are one product per s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -145,13 +145,42 @@ class EdgeCompressor:
         self.generator.set_state(state["generator"].cpu())
 
 
+#: Floats of a matrix swept at a time (1 MiB): a chunk updated in place stays in cache while every
+#: edge's projection reads it, so a round reads a large matrix from memory once, not once per edge.
+SWEEP_FLOATS = 1 << 18
+
+
+def sweep(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None = None,
+          side: int = 0, vectors: Sequence[torch.Tensor] = (), messages: Sequence[torch.Tensor] = ()) -> None:
+    """One pass over ``matrix``'s rows in cache-sized chunks: add ``left @ right`` (``update``) to
+    the chunk in place, then project the updated chunk for every edge: ``messages[k] = M v̂_k``
+    (``side`` 0, ``v̂_k`` cols × rank) or ``Mᵀ v̂_k`` (side 1, ``v̂_k`` rows × rank)."""
+    step = max(1, SWEEP_FLOATS // matrix.shape[1])
+    if side == 1:
+        for message in messages:
+            message.zero_()
+    chunks = matrix.split(step)
+    lefts = update[0].split(step) if update is not None else [None] * len(chunks)
+    row_parts = [(message if side == 0 else vector).split(step) for vector, message in zip(vectors, messages)]
+    for index, (chunk, left) in enumerate(zip(chunks, lefts)):
+        if left is not None:
+            chunk.addmm_(left, update[1])
+        for vector, message, parts in zip(vectors, messages, row_parts):
+            if side == 0:
+                torch.mm(chunk, vector, out=parts[index])
+            else:
+                message.addmm_(chunk.T, parts[index])
+
+
 class Neighbourhood:
     """All edges of one worker, worked together: a round is :meth:`project` (the messages, one row
     per neighbour), the exchange, then :meth:`update` (every neighbour's low-rank update at once).
 
     ``matrices`` are the worker's parameters per shape group (views, updated in place); ``weights``
     the mixing weight of each edge's peer. All edges of a worker stand on the same side: they
-    start together and flip together."""
+    start together and flip together. ``update(..., prefetch=True)`` also makes the next round's
+    messages in the same pass over the matrices (valid while nothing else changes them, i.e.
+    between the rounds of one step); :meth:`project` then hands them out."""
 
     def __init__(self, edges: list[EdgeCompressor], matrices: list[list[torch.Tensor]], weights: list[float],
                  plan: MatrixPlan, device: torch.device | str = "cpu") -> None:
@@ -159,6 +188,7 @@ class Neighbourhood:
         self.weights = torch.tensor(weights, dtype=torch.float32, device=device)
         self.signs = torch.tensor([edge.sign for edge in edges], dtype=torch.float32, device=device).view(-1, 1)
         self._normalized: list[torch.Tensor] = []
+        self._prefetched: torch.Tensor | None = None
 
     @property
     def side(self) -> int:
@@ -167,28 +197,21 @@ class Neighbourhood:
     def project(self, extra: int = 0) -> torch.Tensor:
         """``degree × (message floats + extra)``: row ``k`` is the message to ``edges[k].peer``,
         ``M v̂`` (right side) or ``Mᵀ v̂`` (left side) for every matrix; the last ``extra`` columns
-        are left for the caller."""
-        side, degree = self.side, len(self.edges)
-        out = torch.empty(degree, self.plan.projection_floats(side) + extra, device=self.weights.device)
-        if not degree:
+        are left for the caller. A prefetched round has no extra columns."""
+        if self._prefetched is not None:
+            if extra:
+                raise ValueError("a prefetched round has no room for extra columns")
+            out, self._prefetched = self._prefetched, None
             return out
-        vectors = torch.stack([edge.round_vector() for edge in self.edges])
-        self._normalized = []
-        for group, (v_offset, members, v_length, rank), (m_offset, _, m_length, _) in zip(
-                self.matrices, self.plan.blocks(1 - side), self.plan.blocks(side)):
-            size = members * v_length * rank
-            normalized = orthonormalize(vectors[:, v_offset:v_offset + size].reshape(degree * members, v_length, rank))
-            self._normalized.append(normalized)
-            stack = stacked(group)
-            operator = stack if side == 0 else stack.transpose(1, 2)
-            for k in range(degree):
-                message = out[k, m_offset:m_offset + members * m_length * rank].view(members, m_length, rank)
-                torch.bmm(operator, normalized[k * members:(k + 1) * members], out=message)
+        out = self._start_round(extra)
+        for g, group in enumerate(self.matrices):
+            self._project_group(g, group, out)
         return out
 
-    def update(self, sent: torch.Tensor, received: torch.Tensor) -> None:
+    def update(self, sent: torch.Tensor, received: torch.Tensor, prefetch: bool = False) -> None:
         """Apply ``Σ_k w_k · (low-rank part of x_k − x_self)`` from the rows of ``sent`` (this
-        worker's messages) and ``received`` (its neighbours'), advance every edge's vectors."""
+        worker's messages) and ``received`` (its neighbours'), advance every edge's vectors, and
+        with ``prefetch`` make the next round's messages in the same pass."""
         side, degree = self.side, len(self.edges)
         if not degree:
             return
@@ -196,17 +219,51 @@ class Neighbourhood:
         difference = received[:, :floats] - sent[:, :floats]  # theirs − own: sgn · (p_hi − p_lo)
         scaled = difference * self.weights.view(-1, 1)
         advanced = difference * self.signs  # p_hi − p_lo, bitwise the same on both endpoints
-        for group, normalized, (offset, members, length, rank) in zip(
-                self.matrices, self._normalized, self.plan.blocks(side)):
+        normalized = self._normalized
+        for edge, row in zip(self.edges, advanced):
+            edge.advance(row)
+        out = self._start_round(0) if prefetch else None
+        for g, (group, (offset, members, length, rank)) in enumerate(zip(self.matrices, self.plan.blocks(side))):
             factor = scaled[:, offset:offset + members * length * rank].reshape(degree, members, length, rank)
-            vector = normalized.view(degree, members, -1, rank)
+            vector = normalized[g].view(degree, members, -1, rank)
             rows, cols = (factor, vector) if side == 0 else (vector, factor)
             left = rows.permute(1, 2, 0, 3).reshape(members, rows.shape[2], degree * rank)
             right = cols.permute(1, 0, 3, 2).reshape(members, degree * rank, cols.shape[2])
-            if len(group) == 1:  # in place, no temporary the size of M (2-D addmm_ also uses every thread)
-                group[0].addmm_(left[0], right[0])
+            if len(group) == 1:  # in place, chunk by chunk, no temporary the size of M
+                self._project_group(g, group, out, (left[0], right[0]))
             else:
                 torch._foreach_add_(group, list(torch.bmm(left, right).unbind(0)))
-        for edge, row in zip(self.edges, advanced):
-            edge.advance(row)
+                if out is not None:
+                    self._project_group(g, group, out)
+        if out is None:
+            self._normalized = []
+        self._prefetched = out
+
+    def _start_round(self, extra: int) -> torch.Tensor:
+        """The send buffer of a round, after orthonormalising every edge's vectors for it."""
+        side, degree = self.side, len(self.edges)
+        out = torch.empty(degree, self.plan.projection_floats(side) + extra, device=self.weights.device)
         self._normalized = []
+        if degree:
+            vectors = torch.stack([edge.round_vector() for edge in self.edges])
+            for offset, members, length, rank in self.plan.blocks(1 - side):
+                block = vectors[:, offset:offset + members * length * rank]
+                self._normalized.append(orthonormalize(block.reshape(degree * members, length, rank)))
+        return out
+
+    def _project_group(self, g: int, group: list[torch.Tensor], out: torch.Tensor | None,
+                       update: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Group ``g``'s messages of the round into ``out`` (if any), after applying ``update`` to a
+        single matrix in the same sweep."""
+        side, degree = self.side, len(self.edges)
+        offset, members, length, rank = self.plan.blocks(side)[g]
+        messages = [] if out is None else [
+            out[k, offset:offset + members * length * rank].view(members, length, rank) for k in range(degree)]
+        normalized = self._normalized[g] if messages else None
+        if len(group) == 1:
+            sweep(group[0], update, side, [] if normalized is None else list(normalized),
+                  [message[0] for message in messages])
+            return
+        operator = stacked(group) if side == 0 else stacked(group).transpose(1, 2)
+        for k, message in enumerate(messages):
+            torch.bmm(operator, normalized[k * members:(k + 1) * members], out=message)

@@ -13,6 +13,7 @@ import topologies
 from gossip.algorithms import PowerGossip
 from gossip.algorithms.powergossip import PowerGossipOptions
 from gossip.config import OptimizerConfig
+import gossip.edge as edge_module
 from gossip.edge import orthonormalize
 from gossip.network import Network
 from gossip.worker import Worker
@@ -125,11 +126,13 @@ def expected_round(algorithm: PowerGossip, workers: list[Worker]) -> tuple[dict,
     return params, vectors
 
 
+@pytest.mark.parametrize("sweep_floats", [edge_module.SWEEP_FLOATS, 7])
 @pytest.mark.parametrize("rank", [1, 2])
-def test_a_round_applies_every_edge_and_matrix_as_the_rule_says(rank):
+def test_a_round_applies_every_edge_and_matrix_as_the_rule_says(rank, sweep_floats, monkeypatch):
     """The batched round (one send buffer per worker, one product per shape group and edge, one
-    update per group) equals the rule applied edge by edge, on both sides, with a star's unequal
-    degrees and shape groups of one and of several matrices."""
+    update per group, large matrices swept in row chunks) equals the rule applied edge by edge,
+    on both sides, with a star's unequal degrees and shape groups of one and of several matrices."""
+    monkeypatch.setattr(edge_module, "SWEEP_FLOATS", sweep_floats)
     torch.manual_seed(0)
     workers = make_workers(conv_net(), range(4))
     algorithm = PowerGossip(topologies.star(4), Network(4), workers, options=PowerGossipOptions(rank=rank))
@@ -140,6 +143,30 @@ def test_a_round_applies_every_edge_and_matrix_as_the_rule_says(rank):
             assert torch.allclose(w.params, params[w.id], atol=1e-5)
             for j, edge in algorithm.edges[w.id].items():
                 assert torch.allclose(edge.vector, vectors[(w.id, j)], atol=1e-5)
+
+
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_prefetched_rounds_equal_rounds_made_one_by_one(warm_start, monkeypatch):
+    """A step's rounds make the next round's messages during the update pass (prefetch); that
+    changes no bit of the parameters or the edges' vectors, also when matrices are swept in chunks."""
+    monkeypatch.setattr(edge_module, "SWEEP_FLOATS", 50)
+    options = PowerGossipOptions(iterations=4, warm_start=warm_start)
+    runs = []
+    for prefetch in (True, False):
+        torch.manual_seed(0)
+        workers = make_workers(conv_net(), range(5))
+        algorithm = PowerGossip(topologies.ring(5), Network(5), workers, options=options)
+        for t in range(3):
+            if prefetch:
+                algorithm.step(t, 0.1, no_gradient)
+            else:
+                for round_index in range(options.iterations):
+                    algorithm.gossip_round(with_dense=round_index == 0)
+        runs.append(([w.params.clone() for w in workers], edge_states(algorithm)))
+    (params, states), (params_plain, states_plain) = runs
+    assert all(torch.equal(a, b) for a, b in zip(params, params_plain))
+    for key, (vectors, side) in states.items():
+        assert side == states_plain[key][1] and all(torch.equal(a, b) for a, b in zip(vectors, states_plain[key][0]))
 
 
 @pytest.mark.parametrize("warm_start", [True, False])

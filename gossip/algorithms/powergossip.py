@@ -76,13 +76,14 @@ class PowerGossip(Algorithm):
         for w in self.workers:
             w.optimizer.step(w.params, w.grads, lr)
         for round_index in range(self.options.iterations):
-            self.gossip_round(with_dense=round_index == 0)
+            self.gossip_round(with_dense=round_index == 0, prefetch=round_index + 1 < self.options.iterations)
 
-    def gossip_round(self, with_dense: bool) -> None:
+    def gossip_round(self, with_dense: bool, prefetch: bool = False) -> None:
         """One compressed round for all local workers; the first round of a step also mixes the
         uncompressed entries, which ride along at the end of every message. Each worker's messages
         leave as soon as they are projected, and each worker is updated as soon as its neighbours'
-        messages are in (:meth:`Network.pipelined`)."""
+        messages are in (:meth:`Network.pipelined`); with ``prefetch`` (another round without the
+        uncompressed entries follows) the update pass also makes that round's messages."""
         dense_index = self.plan.dense_index
         dense = {w.id: w.params.index_select(0, dense_index) for w in self.workers} if with_dense else {}
         extra = dense_index.numel() if with_dense else 0
@@ -102,7 +103,7 @@ class PowerGossip(Algorithm):
             if not neighbours:
                 continue
             received = torch.stack([inbox[(j, worker)] for j in neighbours])
-            self.neighbourhoods[worker].update(sent[worker], received)
+            self.neighbourhoods[worker].update(sent[worker], received, prefetch)
             if with_dense:
                 mixed = torch.addmv(dense[worker], received[:, width - extra:].T, self.neighbourhoods[worker].weights,
                                     beta=self.topology.weight(worker, worker))
