@@ -59,6 +59,10 @@ def join(backend: str = "auto", timeout_s: float = 300.0) -> Placement:
     return Placement(rank, world_size, local_rank, name, device, heartbeat)
 
 
+#: How long process 0 keeps the store up after a lost peer (see :func:`leave`).
+LOSS_LINGER_S = 10.0
+
+
 class Heartbeat:
     """Every process bumps a counter in the job's store every ``interval`` seconds (from a daemon
     thread), so that when a round fails the survivors can tell which peers stopped: those whose
@@ -103,8 +107,13 @@ class Heartbeat:
         self._stop.set()
 
 
-def leave(placement: Placement | None = None) -> None:
-    if placement is not None and placement.heartbeat is not None:
-        placement.heartbeat.stop()
+def leave(placement: Placement | None = None, linger_s: float = 0.0) -> None:
+    """Close the process group. With ``linger_s`` (after a lost peer), process 0, which hosts the
+    job's store, keeps the store up that long once its connections are closed: the others notice
+    the loss when their rounds fail, a moment later, and must still read which process was lost."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    if placement is not None and placement.heartbeat is not None:
+        if placement.rank == 0 and linger_s > 0:
+            time.sleep(linger_s)  # the heartbeat's reference keeps the store alive meanwhile
+        placement.heartbeat.stop()
