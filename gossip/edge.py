@@ -192,6 +192,7 @@ class Neighbourhood:
         self.edges, self.matrices, self.plan = edges, matrices, plan
         self.weights = torch.tensor(weights, dtype=torch.float32, device=device)
         self.signs = torch.tensor([edge.sign for edge in edges], dtype=torch.float32, device=device).view(-1, 1)
+        self._blocks = (plan.blocks(0), plan.blocks(1))  # the layout of each side, fixed for the run
         self._normalized: list[torch.Tensor] = []
         self._prefetched: torch.Tensor | None = None
 
@@ -228,7 +229,7 @@ class Neighbourhood:
         for edge, row in zip(self.edges, advanced):
             edge.advance(row)
         out = self._start_round(0) if prefetch else None
-        for g, (group, (offset, members, length, rank)) in enumerate(zip(self.matrices, self.plan.blocks(side))):
+        for g, (group, (offset, members, length, rank)) in enumerate(zip(self.matrices, self._blocks[side])):
             factor = scaled[:, offset:offset + members * length * rank].reshape(degree, members, length, rank)
             vector = normalized[g].view(degree, members, -1, rank)
             rows, cols = (factor, vector) if side == 0 else (vector, factor)
@@ -251,7 +252,7 @@ class Neighbourhood:
         self._normalized = []
         if degree:
             vectors = torch.stack([edge.round_vector() for edge in self.edges])
-            for offset, members, length, rank in self.plan.blocks(1 - side):
+            for offset, members, length, rank in self._blocks[1 - side]:
                 block = vectors[:, offset:offset + members * length * rank]
                 self._normalized.append(orthonormalize(block.reshape(degree * members, length, rank)))
         return out
@@ -261,7 +262,7 @@ class Neighbourhood:
         """Group ``g``'s messages of the round into ``out`` (if any), after applying ``update`` to a
         single matrix in the same sweep."""
         side, degree = self.side, len(self.edges)
-        offset, members, length, rank = self.plan.blocks(side)[g]
+        offset, members, length, rank = self._blocks[side][g]
         messages = [] if out is None else [
             out[k, offset:offset + members * length * rank].view(members, length, rank) for k in range(degree)]
         normalized = self._normalized[g] if messages else None

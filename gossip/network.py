@@ -143,7 +143,7 @@ class Network:
         if self.world_size > 1 and dist.get_backend() == "nccl":
             outbox = {pair: message for worker in workers for pair, message in messages_of(worker).items()}
             inbox = self.exchange(outbox, expected)
-            yield from ((worker, inbox) for worker in workers)
+            yield from ((worker, {pair: m for pair, m in inbox.items() if pair[1] == worker}) for worker in workers)
             return
         local: dict[Pair, torch.Tensor] = {}
         rounds: dict[int, PendingRound] = {}

@@ -38,13 +38,17 @@ def assert_finite_non_negative(row: dict, keys: list[str]) -> None:
         assert isinstance(row[key], (int, float)) and math.isfinite(row[key]) and row[key] >= 0, (key, row)
 
 
-def test_step_benchmark_writes_rows(tmp_path: Path):
+def run_mlp_bench(tmp_path: Path, args: list[str]) -> tuple[str, list[dict]]:
+    """``bench_gossip.py`` on an MLP in one process, one repetition, one thread: its output and rows."""
     out = tmp_path / "steps.json"
-    output = run_script("bench_gossip.py", ["--models", "mlp", "--mlp", "32,16,4", "--mlp-batch", "8",
-                                            "--algorithms", "local,dpsgd", "--processes", "1", "--repeats", "1",
-                                            "--warmup", "1", "--steps", "2", "--threads", "1", "--scale-to", "8",
-                                            "--json", str(out)])
-    rows = json.loads(out.read_text())
+    output = run_script("bench_gossip.py", ["--models", "mlp", "--processes", "1", "--repeats", "1", "--threads", "1",
+                                            *args, "--json", str(out)])
+    return output, json.loads(out.read_text())
+
+
+def test_step_benchmark_writes_rows(tmp_path: Path):
+    output, rows = run_mlp_bench(tmp_path, ["--mlp", "32,16,4", "--mlp-batch", "8", "--algorithms", "local,dpsgd",
+                                            "--warmup", "1", "--steps", "2", "--scale-to", "8"])
     assert [(r["algorithm"], r["processes"], r["workers"]) for r in rows] == [
         ("local", 1, 4), ("dpsgd", 1, 4), ("local", 1, 8), ("dpsgd", 1, 8)]  # then the scaling rows
     for row in rows:
@@ -59,13 +63,10 @@ def test_step_benchmark_writes_rows(tmp_path: Path):
 
 
 def test_unknown_algorithm_is_one_line_and_skipped(tmp_path: Path):
-    out = tmp_path / "steps.json"
-    output = run_script("bench_gossip.py", ["--models", "mlp", "--mlp", "8,4", "--mlp-batch", "4",
-                                            "--algorithms", "local,nosuch", "--processes", "1", "--repeats", "1",
-                                            "--warmup", "0", "--steps", "1", "--threads", "1", "--scale-to", "0",
-                                            "--json", str(out)])
+    output, rows = run_mlp_bench(tmp_path, ["--mlp", "8,4", "--mlp-batch", "4", "--algorithms", "local,nosuch",
+                                            "--warmup", "0", "--steps", "1", "--scale-to", "0"])
     assert [line for line in output.splitlines() if "nosuch" in line and "skipping" in line]
-    assert [r["algorithm"] for r in json.loads(out.read_text())] == ["local"]
+    assert [r["algorithm"] for r in rows] == ["local"]
 
 
 def test_codec_benchmark_writes_rows(tmp_path: Path):
