@@ -19,9 +19,14 @@ Wire conventions:
 Randomised codecs draw from a caller-supplied ``torch.Generator`` (seeded by
 the caller, e.g. from ``(seed, sender, step)``); random numbers are drawn on the
 generator's device and moved to the tensor's device, so encode and decode see
-identical draws from identically seeded generators.
+identical draws from identically seeded generators.  Stochastic rounding draws
+one seed per message and derives each element's noise from it with a counter-
+based hash (splitmix64), so that chunks, threads and the C kernels agree.
 
-All work is vectorised torch and runs on whatever device the input lives on.
+All work is vectorised torch and runs on whatever device the input lives on.  On the CPU,
+:mod:`gossip.native` replaces the multi-pass quantise-and-pack, table decode, top-k candidate
+search and random-k index set with one-pass C kernels when a C compiler is present; both paths
+produce the same bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Callable, ClassVar
 
 import torch
+
+from gossip import native
 
 __all__ = [
     "CODECS",
@@ -132,15 +139,16 @@ _CHUNK = 2**18
 
 
 def _encode_chunks(
-    flat: torch.Tensor, bits: int, out: torch.Tensor, fill: Callable[[torch.Tensor, torch.Tensor], None]
+    flat: torch.Tensor, bits: int, out: torch.Tensor, fill: Callable[[torch.Tensor, torch.Tensor, int], None]
 ) -> None:
-    """Pack the codes of ``flat`` into ``out`` chunk by chunk; ``fill(chunk, codes)`` writes the
-    uint8 codes of a chunk of ``flat`` into ``codes``.  Chunks start on whole bytes of ``out``."""
+    """Pack the codes of ``flat`` into ``out`` chunk by chunk; ``fill(chunk, codes, start)`` writes
+    the uint8 codes of ``flat[start:start + len(chunk)]`` into ``codes``.  Chunks start on whole
+    bytes of ``out``."""
     d = flat.numel()
     for start in range(0, d, _CHUNK):
         count = min(_CHUNK, d - start)
         codes = _code_buffer(count, flat.device)
-        fill(flat[start : start + count], codes[:count])
+        fill(flat[start : start + count], codes[:count], start)
         first = start * bits // 8
         _pack_into(codes, bits, count, out[first : first + _packed_bytes(count, bits)])
 
@@ -221,6 +229,9 @@ def _lookup_rows(table: torch.Tensor, index: torch.Tensor, out: torch.Tensor) ->
 def _decode_codes(wire: torch.Tensor, bits: int, values: torch.Tensor, out: torch.Tensor) -> None:
     """``out[i] = values[code i]`` for the codes packed in ``wire``: one table lookup per byte when
     ``bits`` divides 8, else unpack first and look up per code."""
+    if native.usable(wire, out):
+        native.lookup_decode(wire, bits, values, out)
+        return
     count = out.numel()
     if 8 % bits:
         codes = _unpacked_codes(wire, bits, count)[:count]
@@ -253,25 +264,46 @@ def _from_bytes(wire: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 #: Stochastic rounding works in fixed point with this many steps per unit.
 _ROUNDING_STEPS = 2**16
 
-
-def _random_int16(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """``n`` uniform int16 draws, four per 64-bit random word (a quarter of the generator calls
-    ``torch.rand`` makes); drawn on the generator's device."""
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=generator.device)
-    words.random_(-(2**63), None, generator=generator)
-    return words.view(torch.int16)[:n].to(device)
+#: splitmix64's increment and multipliers, as signed int64 (torch has no uint64 arithmetic).
+_GOLDEN, _MIX1, _MIX2 = (c - 2**64 for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
 
-def _stochastic_round_into(fixed: torch.Tensor, generator: torch.Generator, out: torch.Tensor) -> None:
+def _draw_seed(generator: torch.Generator) -> torch.Tensor:
+    """One int64 draw in [0, 2^63) from ``generator`` (0-dim, on its device): the seed of one
+    message's rounding noise."""
+    return torch.empty((), dtype=torch.int64, device=generator.device).random_(generator=generator)
+
+
+def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 ``z`` (torch's ``>>`` is arithmetic)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _rounding_noise(seed: torch.Tensor, first: int, count: int, device: torch.device) -> torch.Tensor:
+    """The int16 noise of elements ``[first, first + count)`` (``first`` a multiple of 4).
+
+    Word ``w`` of the stream is splitmix64's output for counter ``w`` under ``seed``; element ``i``
+    takes the signed 16-bit lane ``i % 4`` of word ``i // 4``.  Counter-based, so a chunk's noise
+    needs no draws before it, and the C kernels (``gossip/native/codecs.c``) compute the same.
+    Wrapping int64 arithmetic is two's complement, as the uint64 of the reference.
+    """
+    words = torch.arange(first // 4 + 1, first // 4 + (count + 3) // 4 + 1, dtype=torch.int64, device=device)
+    z = words.mul_(_GOLDEN).add_(seed.to(device))
+    z = (z ^ _shift_right(z, 30)).mul_(_MIX1)
+    z = (z ^ _shift_right(z, 27)).mul_(_MIX2)
+    return (z ^ _shift_right(z, 31)).view(torch.int16)[:count]
+
+
+def _stochastic_round_into(fixed: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:
     """``out`` (uint8) := each value of ``fixed / 2**16`` rounded down, or up with probability
-    equal to its fractional part at 2^-16 resolution.
+    equal to its fractional part at 2^-16 resolution, given uniform int16 ``noise``.
 
     ``fixed`` holds values already multiplied by ``_ROUNDING_STEPS``, in [0, 256 * 2^16).  Adding a
     uniform integer in [0, 2^16) and dropping the low 16 bits rounds up with probability
     floor(frac * 2^16) / 2^16: biased by less than 2^-16 of a level, and exact on integers.
     """
     steps = fixed.to(torch.int32)  # truncation is floor: values are non-negative
-    steps.add_(_random_int16(fixed.numel(), generator, fixed.device).to(torch.int32))
+    steps.add_(noise.to(torch.int32))
     steps.add_(_ROUNDING_STEPS // 2)
     out.copy_(steps.view(torch.uint8)[2::4])  # bits 16..23 (little-endian): the rounded value
 
@@ -317,33 +349,37 @@ def _topk_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
     expected = k * sample.numel() / d
     rank = min(sample.numel(), math.ceil(expected + 4 * math.sqrt(expected) + 4))
     threshold = torch.topk(sample, rank, sorted=False).values.min()
-    candidates = torch.cat([
-        torch.lt(flat[start : start + _CHUNK].abs(), threshold).logical_not_().nonzero().squeeze(1) + start
-        for start in range(0, d, _CHUNK)
-    ])
+    if native.usable(flat):
+        candidates = native.topk_candidates(flat, float(threshold), 2 * k + 1024)
+    else:
+        candidates = torch.cat([
+            torch.lt(flat[start : start + _CHUNK].abs(), threshold).logical_not_().nonzero().squeeze(1) + start
+            for start in range(0, d, _CHUNK)
+        ])
     if candidates.numel() < k:
         return torch.topk(flat.abs(), k, sorted=False).indices
-    return candidates[torch.topk(flat[candidates].abs(), k, sorted=False).indices]
+    magnitudes = torch.index_select(flat, 0, candidates).abs_()  # index_select: faster than [] on CPU
+    return torch.index_select(candidates, 0, torch.topk(magnitudes, k, sorted=False).indices)
 
 
 def _distinct_draws(d: int, k: int, generator: torch.Generator) -> torch.Tensor:
-    """``k`` distinct indices below ``d``, uniformly at random, in O(k log k).
+    """``k`` distinct indices below ``d``, ascending, uniformly at random, in O(k log k).
 
     Draws i.i.d. indices and keeps the distinct ones, each round drawing exactly as many as are
-    missing, so the result is the first k distinct values of an i.i.d. stream: a uniform
-    k-subset.  Order: the sorted distinct values of the first round, then the later rounds'
-    new values, sorted per round (a deterministic function of the draws).
+    missing, so the result is the set of the first k distinct values of an i.i.d. stream: a
+    uniform k-subset.  On the CPU the set is kept as a bitmap (``gossip.native``) when it can be.
     """
     device = generator.device
-    chosen = torch.unique(torch.randint(d, (k,), generator=generator, device=device))
-    extra = chosen[:0]
-    while chosen.numel() + extra.numel() < k:
-        missing = k - chosen.numel() - extra.numel()
-        draws = torch.randint(d, (missing,), generator=generator, device=device)
-        fresh = torch.unique(torch.cat([extra, draws]))
-        slot = torch.searchsorted(chosen, fresh).clamp_(max=chosen.numel() - 1)
-        extra = fresh[chosen[slot] != fresh]
-    return torch.cat([chosen, extra])
+
+    def draw(count: int) -> torch.Tensor:
+        return torch.randint(d, (count,), generator=generator, device=device)
+
+    if device.type == "cpu" and native.available():
+        return native.distinct_sorted(d, k, draw)
+    chosen = torch.unique(draw(k))
+    while chosen.numel() < k:
+        chosen = torch.unique(torch.cat([chosen, draw(k - chosen.numel())]))
+    return chosen
 
 
 # --------------------------------------------------------------------------- #
@@ -492,7 +528,7 @@ class TopK(Sparsifier):
             raise ValueError(f"topk indices are int32; {flat.numel()} elements is too many")
         k = self.k_for(flat.numel())
         indices = _topk_indices(flat, k)
-        out[: 4 * k].copy_(_as_bytes(flat[indices]))
+        out[: 4 * k].copy_(_as_bytes(torch.index_select(flat, 0, indices)))
         out[4 * k :].copy_(_as_bytes(indices.to(torch.int32)))
 
     def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
@@ -509,8 +545,8 @@ class RandomK(Sparsifier):
     Wire: the k fp32 values only (4k bytes), in the order of the indices, which
     the receiver rebuilds from an identically seeded generator passed to
     ``decode``.  The indices are a uniform k-subset: for k <= d/4 the distinct
-    values of ``torch.randint`` draws (see ``_distinct_draws``, O(k log k)),
-    otherwise the first k of ``torch.randperm(d)`` (O(d)); drawn on the
+    values of ``torch.randint`` draws, ascending (see ``_distinct_draws``,
+    O(k log k)), otherwise the first k of ``torch.randperm(d)`` (O(d)); drawn on the
     generator's device.  With ``rescale`` decode multiplies by d/k, making the
     estimate unbiased.
     """
@@ -534,7 +570,7 @@ class RandomK(Sparsifier):
         return torch.randperm(d, generator=generator, device=generator.device)[:k].to(device)
 
     def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        out.copy_(_as_bytes(flat[self._indices(flat.numel(), generator, flat.device)]))
+        out.copy_(_as_bytes(torch.index_select(flat, 0, self._indices(flat.numel(), generator, flat.device))))
 
     def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
         d = out.numel()
@@ -559,15 +595,20 @@ class SignNorm(Codec):
         return 4 + _packed_bytes(numel, 1)
 
     def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        norms = []
+        # ||x||_1 accumulates in float64 on both paths: the same scale, up to the order of a double sum
+        if native.usable(flat, out):
+            total = native.quantize_pack(flat, native.SIGN, 1, 0.0, 0.0, 0, out[4:])
+            scale = torch.tensor(total / flat.numel(), dtype=torch.float64)
+        else:
+            norms = []
 
-        def fill(chunk: torch.Tensor, codes: torch.Tensor) -> None:
-            norms.append(chunk.abs().sum())  # faster than vector_norm(ord=1) on CPU
-            torch.ge(chunk, 0, out=codes.view(torch.bool))
+            def fill(chunk: torch.Tensor, codes: torch.Tensor, start: int) -> None:
+                norms.append(chunk.abs().sum(dtype=torch.float64))
+                torch.ge(chunk, 0, out=codes.view(torch.bool))
 
-        _encode_chunks(flat, 1, out[4:], fill)
-        scale = torch.stack(norms).sum().div_(flat.numel())
-        out[:4].copy_(_as_bytes(scale.reshape(1)))
+            _encode_chunks(flat, 1, out[4:], fill)
+            scale = torch.stack(norms).sum().div_(flat.numel())
+        out[:4].copy_(_as_bytes(scale.to(torch.float32).reshape(1)))
 
     def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
         scale = _from_bytes(wire[:4], torch.float32)
@@ -579,9 +620,10 @@ class SignNorm(Codec):
 class QSGD(Codec):
     """QSGD (Alistarh et al., 2017) with ``levels`` = s levels and stochastic rounding.
 
-    Encode: ``level = |x| * s / ||x||_2`` rounded stochastically (P(up) is the
-    fractional part at 2^-16 resolution: bias below 2^-16 of a level, exact when
-    already an integer), clamped to s against float error.  Decode:
+    Encode: ``level = |x| * (s / ||x||_2)`` (the factor rounded to fp32) rounded
+    stochastically (P(up) is the fractional part at 2^-16 resolution: bias below
+    2^-16 of a level, exact when already an integer), clamped to s against float
+    error.  Decode:
     ``sign * level * ||x||_2 / s``; a zero norm gives all zeros.
 
     Wire: fp32 ``||x||_2``, then per entry a code ``2 * level + (x < 0)`` of
@@ -608,11 +650,16 @@ class QSGD(Codec):
         top = self.levels * _ROUNDING_STEPS
         norm = torch.linalg.vector_norm(flat)
         out[:4].copy_(_as_bytes(norm.reshape(1)))
-        divisor = torch.where(norm > 0, norm, 1.0)  # a zero norm means x == 0: levels 0
+        # 2^16 s / norm; 0 for a zero norm (x == 0: levels 0); finite even for a subnormal norm
+        factor = torch.where(norm > 0, top / norm, 0.0).clamp_(max=torch.finfo(torch.float32).max)
+        seed = _draw_seed(generator)
+        if native.usable(flat, out):
+            native.quantize_pack(flat, native.QSGD, self.bits, top, factor.item(), seed.item(), out[4:])
+            return
 
-        def fill(chunk: torch.Tensor, codes: torch.Tensor) -> None:
-            fixed = chunk.abs().mul_(top).div_(divisor).clamp_(max=top)  # 2^16 |x| s / norm, exactly
-            _stochastic_round_into(fixed, generator, codes)
+        def fill(chunk: torch.Tensor, codes: torch.Tensor, start: int) -> None:
+            fixed = chunk.abs().mul_(factor).clamp_(max=top)
+            _stochastic_round_into(fixed, _rounding_noise(seed, start, chunk.numel(), chunk.device), codes)
             codes.mul_(2).add_(torch.lt(chunk, 0))
 
         _encode_chunks(flat, self.bits, out[4:], fill)
@@ -657,12 +704,16 @@ class Moniqua(Codec):
         return _packed_bytes(numel, self.bits)
 
     def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        n = 2**self.bits - 1
+        # 2^16 (x*n + n/2), exactly: scaling by a power of two commutes with rounding
+        scale, offset = (2**self.bits - 1) * _ROUNDING_STEPS, (2**self.bits - 1) * _ROUNDING_STEPS // 2
+        seed = _draw_seed(generator)
+        if native.usable(flat, out):
+            native.quantize_pack(flat, native.MONIQUA, self.bits, scale, offset, seed.item(), out)
+            return
 
-        def fill(chunk: torch.Tensor, codes: torch.Tensor) -> None:
-            # 2^16 (x*n + n/2), exactly: scaling by a power of two commutes with rounding
-            fixed = chunk.clamp(-0.5, 0.5).mul_(n * _ROUNDING_STEPS).add_(n * _ROUNDING_STEPS // 2)
-            _stochastic_round_into(fixed, generator, codes)
+        def fill(chunk: torch.Tensor, codes: torch.Tensor, start: int) -> None:
+            fixed = chunk.clamp(-0.5, 0.5).mul_(scale).add_(offset)
+            _stochastic_round_into(fixed, _rounding_noise(seed, start, chunk.numel(), chunk.device), codes)
 
         _encode_chunks(flat, self.bits, out, fill)
 

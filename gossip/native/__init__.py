@@ -1,0 +1,173 @@
+"""Fused CPU kernels for the message codecs, compiled from ``codecs.c`` on first use.
+
+The codecs in :mod:`gossip.compression` are written in torch ops, which on a CPU means several
+passes over memory per encode.  When a C compiler is present, this module builds ``codecs.c`` once
+per source version into a cache folder and the codecs call its one-pass kernels on contiguous CPU
+tensors instead; the results are the same bytes (tests compare both paths).  Without a compiler,
+or with ``GOSSIP_NATIVE=0`` in the environment, everything runs on the torch path.
+
+Environment:
+
+* ``GOSSIP_NATIVE=0`` turns the kernels off;
+* ``CC`` names the compiler (default ``cc``);
+* ``GOSSIP_CACHE_DIR`` is where the built library goes (default ``$XDG_CACHE_HOME/gossip`` or
+  ``~/.cache/gossip``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+__all__ = [
+    "MONIQUA",
+    "QSGD",
+    "SIGN",
+    "available",
+    "build",
+    "distinct_sorted",
+    "lookup_decode",
+    "quantize_pack",
+    "topk_candidates",
+    "usable",
+]
+
+SOURCE = Path(__file__).with_name("codecs.c")
+#: No fast-math and no contraction into fused multiply-adds: the kernels must round exactly as
+#: the torch ops they replace.  No -march=native either, so a cached library runs on every CPU
+#: of a cluster that shares the cache folder.
+FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-fast-math")
+#: Elements per block of the kernels' thread split (BLOCK in codecs.c).
+BLOCK = 2**16
+
+SIGN, QSGD, MONIQUA = 0, 1, 2  # the kinds of gossip_quantize_pack
+
+_i64, _u64, _int, _f32, _ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+_SIGNATURES = {
+    "gossip_quantize_pack": (ctypes.c_double, [_ptr, _i64, _int, _int, _f32, _f32, _u64, _ptr, _ptr, _int]),
+    "gossip_lookup_decode": (None, [_ptr, _i64, _int, _ptr, _ptr, _int]),
+    "gossip_topk_candidates": (_i64, [_ptr, _i64, _f32, _ptr, _i64, _int]),
+    "gossip_bitmap_mark": (_i64, [_ptr, _ptr, _i64]),
+    "gossip_bitmap_positions": (_i64, [_ptr, _i64, _ptr]),
+}
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("GOSSIP_CACHE_DIR"):
+        return Path(os.environ["GOSSIP_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gossip"
+
+
+def build(compiler: str | None = None, cache_dir: Path | None = None) -> Path:
+    """Compile ``codecs.c`` into the cache folder (once per source, flags and compiler) and return
+    the library's path.  Raises RuntimeError with the compiler's message when it fails."""
+    compiler = compiler or os.environ.get("CC") or "cc"
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + repr((FLAGS, compiler, sys.platform)).encode()).hexdigest()[:16]
+    folder = cache_dir or _cache_dir()
+    library = folder / f"gossip-codecs-{key}.so"
+    if library.exists():
+        return library
+    folder.mkdir(parents=True, exist_ok=True)
+    # Built under a temporary name and renamed, so that concurrent processes never load half a file.
+    handle, partial = tempfile.mkstemp(dir=folder, prefix=library.stem, suffix=".so.partial")
+    os.close(handle)
+    command = [*shlex.split(compiler), *FLAGS, "-o", partial, str(SOURCE), "-lm"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"{shlex.join(command)} failed: {result.stderr.strip().splitlines()[-1:]}")
+        os.replace(partial, library)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise RuntimeError(f"cannot run the C compiler {compiler!r}: {error}") from error
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return library
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (turned off, or no compiler: warned once)."""
+    if os.environ.get("GOSSIP_NATIVE", "1") == "0":
+        return None
+    try:
+        library = ctypes.CDLL(str(build()))
+    except (RuntimeError, OSError) as error:
+        warnings.warn(f"gossip: fused codec kernels unavailable, using torch ops ({error})", stacklevel=3)
+        return None
+    for name, (result, arguments) in _SIGNATURES.items():
+        function = getattr(library, name)
+        function.restype, function.argtypes = result, arguments
+    return library
+
+
+def available() -> bool:
+    """Whether the compiled kernels are loaded (compiling them on the first call)."""
+    return _library() is not None
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can run on these tensors: available, and all on the CPU and contiguous."""
+    return all(t.device.type == "cpu" and t.is_contiguous() for t in tensors) and available()
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def quantize_pack(x: torch.Tensor, kind: int, bits: int, scale: float, offset: float, seed: int,
+                  out: torch.Tensor) -> float:
+    """Write the ``bits``-bit codes of fp32 ``x`` into uint8 ``out`` as one packed stream.
+
+    ``kind`` is SIGN (``x >= 0``), QSGD (``2 * round(min(|x| * offset, scale)) + (x < 0)``) or
+    MONIQUA (``round(clamp(x, -1/2, 1/2) * scale + offset)``), rounding stochastically in 2^-16
+    steps with the counter-based noise of ``seed`` (see ``compression._rounding_noise``).  For
+    SIGN, returns the sum of ``|x|`` accumulated in double in the same pass (else 0).
+    """
+    sums = torch.empty(-(-x.numel() // BLOCK) if kind == SIGN else 0, dtype=torch.float64)
+    return _library().gossip_quantize_pack(x.data_ptr(), x.numel(), kind, bits, scale, offset, seed,
+                                           out.data_ptr(), sums.data_ptr() if kind == SIGN else None, _threads())
+
+
+def lookup_decode(wire: torch.Tensor, bits: int, table: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[i] = table[code i]`` for the ``out.numel()`` packed ``bits``-bit codes of ``wire``."""
+    table = table.to(torch.float32).contiguous()
+    _library().gossip_lookup_decode(wire.data_ptr(), out.numel(), bits, table.data_ptr(), out.data_ptr(),
+                                    _threads())
+
+
+def topk_candidates(x: torch.Tensor, threshold: float, capacity: int) -> torch.Tensor:
+    """The indices, ascending (int64), of the entries of ``x`` whose magnitude is not below
+    ``threshold`` (NaN included); ``capacity`` is a guess of their number."""
+    out = torch.empty(capacity, dtype=torch.int64)
+    found = _library().gossip_topk_candidates(x.data_ptr(), x.numel(), threshold, out.data_ptr(), capacity,
+                                              _threads())
+    if found > capacity:
+        return topk_candidates(x, threshold, found)
+    return out[:found]
+
+
+def distinct_sorted(d: int, k: int, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """The distinct values, ascending, of int64 draws below ``d`` (``draw(m)`` makes m of them),
+    drawing as many as are missing until there are ``k`` (at most d)."""
+    library = _library()
+    bitmap = torch.zeros(-(-d // 64), dtype=torch.int64)
+    distinct = 0
+    while distinct < k:
+        draws = draw(k - distinct).contiguous()
+        distinct += library.gossip_bitmap_mark(bitmap.data_ptr(), draws.data_ptr(), draws.numel())
+    out = torch.empty(k, dtype=torch.int64)
+    library.gossip_bitmap_positions(bitmap.data_ptr(), bitmap.numel(), out.data_ptr())
+    return out

@@ -1,0 +1,385 @@
+/* Fused CPU kernels of the message codecs (gossip/compression.py).
+ *
+ * Each kernel does in one pass over memory what the torch fallback does in several elementwise
+ * passes, and produces bit-identical results: the same float operations in the same order
+ * (compiled with -ffp-contract=off, no fast-math), the same counter-based rounding noise, the same
+ * wire layout.  gossip/native/__init__.py compiles this file on first use and calls it through
+ * ctypes on contiguous CPU tensors; work is split over `threads` POSIX threads in whole blocks of
+ * BLOCK elements (a multiple of 8, so a block starts on a whole byte of every packed stream).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BLOCK (1 << 16)
+#define MAX_THREADS 64
+
+/* ----------------------------------------------------------------------------------------------
+ * Threads: run body(context, first, last) over [0, count) split into `threads` ranges of whole
+ * blocks.  Small inputs run on the calling thread.
+ * -------------------------------------------------------------------------------------------- */
+typedef void (*range_body)(void *context, int64_t first, int64_t last, int part);
+
+typedef struct {
+    range_body body;
+    void *context;
+    int64_t first, last;
+    int part;
+} range_task;
+
+static void *run_task(void *argument) {
+    range_task *task = (range_task *)argument;
+    task->body(task->context, task->first, task->last, task->part);
+    return NULL;
+}
+
+/* Number of parts parallel_for splits `count` elements into (at least one block each). */
+static int parts_for(int64_t count, int threads) {
+    int64_t blocks = (count + BLOCK - 1) / BLOCK;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads < 1) threads = 1;
+    return blocks < threads ? (blocks < 1 ? 1 : (int)blocks) : threads;
+}
+
+static void parallel_for(int64_t count, int threads, range_body body, void *context) {
+    int parts = parts_for(count, threads);
+    int64_t blocks = (count + BLOCK - 1) / BLOCK;
+    range_task tasks[MAX_THREADS];
+    pthread_t handles[MAX_THREADS];
+    int started[MAX_THREADS];
+    for (int p = 0; p < parts; p++) {
+        int64_t first = blocks * p / parts * BLOCK, last = blocks * (p + 1) / parts * BLOCK;
+        tasks[p] = (range_task){body, context, first, last < count ? last : count, p};
+    }
+    for (int p = 1; p < parts; p++)
+        started[p] = pthread_create(&handles[p], NULL, run_task, &tasks[p]) == 0;
+    run_task(&tasks[0]);
+    for (int p = 1; p < parts; p++) {
+        if (started[p])
+            pthread_join(handles[p], NULL);
+        else
+            run_task(&tasks[p]); /* no thread to spare: do it here */
+    }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Rounding noise: word w of the stream is splitmix64's output for counter w; element i uses the
+ * signed 16-bit lane i % 4 of word i / 4 (little-endian), as compression._rounding_noise does.
+ * -------------------------------------------------------------------------------------------- */
+static inline uint64_t mix64(uint64_t seed, uint64_t counter) {
+    uint64_t z = seed + (counter + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Quantise and pack: codes of `bits` bits, eight per `bits` bytes, little-endian bit stream.
+ * Work goes in groups of eight elements (one packed lane); a partial last group is read through a
+ * zero-padded copy and only its bytes are written.  quantize_lanes is inlined with constant kind
+ * and bits for every pair, so that each loop is compiled for its own codec.
+ * -------------------------------------------------------------------------------------------- */
+#define INLINE static inline __attribute__((always_inline))
+
+enum { SIGN = 0, QSGD = 1, MONIQUA = 2 };
+
+typedef struct {
+    const float *x;
+    float scale, offset; /* QSGD: top, top / norm; MONIQUA: n * 2^16, n * 2^15 */
+    uint64_t seed;
+    uint8_t *out;
+    double *abs_sums; /* SIGN: one per block */
+    int kind, bits;
+} quantize_job;
+
+/* The first `bytes` bytes of `lane` (little-endian hosts: every one torch supports). */
+INLINE void store_bytes(uint8_t *out, uint64_t lane, int64_t bytes) {
+    switch (bytes) {
+    case 8: memcpy(out, &lane, 8); return;
+    case 4: memcpy(out, &lane, 4); return;
+    case 2: memcpy(out, &lane, 2); return;
+    case 1: *out = (uint8_t)lane; return;
+    default:
+        for (int64_t b = 0; b < bytes; b++) out[b] = (uint8_t)(lane >> (8 * b));
+    }
+}
+
+/* An int64 mask of the low `width` bits of every `period`-bit field. */
+INLINE uint64_t field_mask(int width, int period) {
+    uint64_t mask = 0;
+    for (int start = 0; start < 64; start += period) mask |= ((1ull << width) - 1) << start;
+    return mask;
+}
+
+/* The masks pack_lane uses for `bits`-bit codes: the low fields of groups of 1, 2 and 4 codes. */
+typedef struct {
+    uint64_t low[3];
+} lane_masks;
+
+static lane_masks masks_for(int bits) {
+    lane_masks masks;
+    for (int step = 0; step < 3; step++) masks.low[step] = field_mask((1 << step) * bits, 16 << step);
+    return masks;
+}
+
+/* Eight codes, one per byte of `word`, packed into its low `bits` bytes (pack_bits's stream):
+ * neighbouring groups of 1, 2, then 4 codes close up; for one bit, a multiply gathers them. */
+INLINE uint64_t pack_lane(uint64_t word, int bits, const lane_masks *masks) {
+    if (bits == 8) return word;
+    word &= 0x0101010101010101ull * ((1u << bits) - 1);
+    if (bits == 1) return (word * 0x0102040810204080ull) >> 56;
+    for (int step = 0; step < 3; step++) {
+        int group = 1 << step;
+        uint64_t low = masks->low[step];
+        word = (word & low) | ((word >> (group * (8 - bits))) & (low << (group * bits)));
+    }
+    return word;
+}
+
+/* Elements quantised per step: stage by stage through small arrays, so each stage vectorises. */
+#define STEP 64
+
+/* The packed codes of x[group, group + STEP) (group a multiple of 8), `kind` and `bits` constant
+ * after inlining.  Stochastic rounding: add a 16-bit noise lane to the fixed-point value (2^16
+ * steps per unit, non-negative) and keep bits 16..23. */
+INLINE void step_codes(const float *v, int kind, int bits, float scale, float offset, uint64_t seed,
+                       int64_t group, const lane_masks *masks, uint8_t *packed) {
+    uint8_t codes[STEP];
+    if (kind == SIGN) {
+        for (int j = 0; j < STEP; j++) codes[j] = v[j] >= 0.0f;
+    } else {
+        float fixed[STEP];
+        uint64_t words[STEP / 4];
+        int16_t noise[STEP];
+        for (int j = 0; j < STEP; j++) {
+            if (kind == QSGD) {
+                float f = fabsf(v[j]) * offset;
+                fixed[j] = f < scale ? f : scale;
+            } else {
+                float low = v[j] > -0.5f ? v[j] : -0.5f;
+                float clamped = low < 0.5f ? low : 0.5f;
+                float f = clamped * scale;
+                fixed[j] = f + offset;
+            }
+        }
+        for (int w = 0; w < STEP / 4; w++) words[w] = mix64(seed, ((uint64_t)group >> 2) + w);
+        memcpy(noise, words, sizeof noise);
+        int32_t steps[STEP];
+        for (int j = 0; j < STEP; j++) steps[j] = (int32_t)fixed[j] + (int32_t)noise[j] + 32768;
+        for (int j = 0; j < STEP; j++) codes[j] = (uint8_t)(steps[j] >> 16);
+        if (kind == QSGD)
+            for (int j = 0; j < STEP; j++) codes[j] = (uint8_t)(2 * codes[j] + (v[j] < 0.0f));
+    }
+    for (int lane = 0; lane < STEP / 8; lane++) {
+        uint64_t word;
+        memcpy(&word, codes + 8 * lane, 8);
+        store_bytes(packed + lane * bits, pack_lane(word, bits, masks), bits);
+    }
+}
+
+/* Blocks of BLOCK elements; for SIGN, also each block's sum of |x| (8 double lanes, element i
+ * into lane i % 8, the lanes added pairwise): a fixed order, whatever the thread split. */
+INLINE void quantize_lanes(const quantize_job *job, int64_t first, int64_t last, int kind, int bits) {
+    const float *x = job->x;
+    uint8_t *out = job->out;
+    float scale = job->scale, offset = job->offset;
+    uint64_t seed = job->seed;
+    lane_masks masks = masks_for(bits);
+    for (int64_t block = first; block < last; block += BLOCK) {
+        int64_t end = block + BLOCK < last ? block + BLOCK : last, group = block;
+        double sums[8] = {0};
+        for (; group + STEP <= end; group += STEP) {
+            step_codes(x + group, kind, bits, scale, offset, seed, group, &masks, out + group / 8 * bits);
+            if (kind == SIGN)
+                for (int j = 0; j < STEP; j++) sums[j % 8] += fabsf(x[group + j]);
+        }
+        if (group < end) { /* through zero-padded copies; only the stream's own bytes are written */
+            float padded[STEP] = {0};
+            uint8_t packed[STEP];
+            memcpy(padded, x + group, (size_t)(end - group) * sizeof(float));
+            step_codes(padded, kind, bits, scale, offset, seed, group, &masks, packed);
+            int64_t used = (end - group) * bits; /* the stream's last byte is zero-padded */
+            if (used % 8) packed[used / 8] &= (uint8_t)((1u << (used % 8)) - 1);
+            memcpy(out + group / 8 * bits, packed, (size_t)((used + 7) / 8));
+            if (kind == SIGN)
+                for (int j = 0; j < STEP; j++) sums[j % 8] += fabsf(padded[j]);
+        }
+        if (kind == SIGN)
+            job->abs_sums[block / BLOCK] = ((sums[0] + sums[1]) + (sums[2] + sums[3])) +
+                                           ((sums[4] + sums[5]) + (sums[6] + sums[7]));
+    }
+}
+
+#define BITS_CASES(kind)                                                                                  \
+    switch (job->bits) {                                                                                   \
+    case 1: quantize_lanes(job, first, last, kind, 1); return;                                             \
+    case 2: quantize_lanes(job, first, last, kind, 2); return;                                             \
+    case 3: quantize_lanes(job, first, last, kind, 3); return;                                             \
+    case 4: quantize_lanes(job, first, last, kind, 4); return;                                             \
+    case 5: quantize_lanes(job, first, last, kind, 5); return;                                             \
+    case 6: quantize_lanes(job, first, last, kind, 6); return;                                             \
+    case 7: quantize_lanes(job, first, last, kind, 7); return;                                             \
+    default: quantize_lanes(job, first, last, kind, 8); return;                                            \
+    }
+
+static void quantize_range(void *context, int64_t first, int64_t last, int part) {
+    (void)part;
+    const quantize_job *job = (const quantize_job *)context;
+    if (job->kind == SIGN) quantize_lanes(job, first, last, SIGN, 1);
+    else if (job->kind == QSGD) BITS_CASES(QSGD)
+    else BITS_CASES(MONIQUA)
+}
+
+/* For SIGN, returns the sum of |x| (blocks added in order); `abs_sums` holds ceil(count / BLOCK)
+ * doubles.  Other kinds return 0 and may pass NULL. */
+double gossip_quantize_pack(const float *x, int64_t count, int kind, int bits, float scale, float offset,
+                            uint64_t seed, uint8_t *out, double *abs_sums, int threads) {
+    quantize_job job = {x, scale, offset, seed, out, abs_sums, kind, bits};
+    parallel_for(count, threads, quantize_range, &job);
+    double total = 0.0;
+    if (kind == SIGN)
+        for (int64_t b = 0; b < (count + BLOCK - 1) / BLOCK; b++) total += abs_sums[b];
+    return total;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Decode through a table: out[i] = table[code i] for the packed `bits`-bit codes of `wire`.  When
+ * `bits` divides 8, each byte's 8 / bits values are copied at once from a table of all 256 bytes.
+ * -------------------------------------------------------------------------------------------- */
+typedef struct {
+    const uint8_t *wire;
+    int bits;
+    const float *table;
+    const float *byte_table; /* 256 rows of 8 / bits values when bits divides 8 */
+    float *out;
+} lookup_job;
+
+INLINE void lookup_bytes(const lookup_job *job, int64_t first, int64_t last, int per_byte) {
+    const uint8_t *wire = job->wire;
+    const float *rows = job->byte_table;
+    float *out = job->out;
+    for (int64_t i = first; i < last; i += per_byte)
+        memcpy(out + i, rows + per_byte * wire[i / per_byte], (size_t)per_byte * sizeof(float));
+}
+
+static void lookup_range(void *context, int64_t first, int64_t last, int part) {
+    (void)part;
+    const lookup_job *job = (const lookup_job *)context;
+    int bits = job->bits;
+    int64_t whole = job->byte_table ? first + (last - first) / (8 / bits) * (8 / bits) : first;
+    switch (job->byte_table ? bits : 0) {
+    case 1: lookup_bytes(job, first, whole, 8); break;
+    case 2: lookup_bytes(job, first, whole, 4); break;
+    case 4: lookup_bytes(job, first, whole, 2); break;
+    case 8: lookup_bytes(job, first, whole, 1); break;
+    }
+    uint64_t mask = (1u << bits) - 1;
+    for (int64_t group = whole; group < last; group += 8) { /* bits not dividing 8, and the tail */
+        int64_t end = group + 8 < last ? group + 8 : last;
+        int64_t bit = group * bits, bytes = ((end - group) * bits + bit % 8 + 7) / 8;
+        uint64_t lane = 0;
+        for (int64_t b = 0; b < bytes; b++) lane |= (uint64_t)job->wire[bit / 8 + b] << (8 * b);
+        lane >>= bit % 8;
+        for (int64_t i = group; i < end; i++) job->out[i] = job->table[(lane >> (bits * (i - group))) & mask];
+    }
+}
+
+void gossip_lookup_decode(const uint8_t *wire, int64_t count, int bits, const float *table, float *out,
+                          int threads) {
+    float byte_table[256 * 8];
+    lookup_job job = {wire, bits, table, NULL, out};
+    if (8 % bits == 0) {
+        int per_byte = 8 / bits;
+        for (int byte = 0; byte < 256; byte++)
+            for (int j = 0; j < per_byte; j++)
+                byte_table[byte * per_byte + j] = table[(byte >> (bits * j)) & ((1 << bits) - 1)];
+        job.byte_table = byte_table;
+    }
+    parallel_for(count, threads, lookup_range, &job);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Top-k candidates: the indices i, ascending, with !(|x[i]| < threshold) (NaN included).
+ * -------------------------------------------------------------------------------------------- */
+typedef struct {
+    const float *x;
+    float threshold;
+    int64_t *out;
+    int64_t capacity;
+    int64_t found[MAX_THREADS], offset[MAX_THREADS];
+    int counting;
+} candidates_job;
+
+static void candidates_range(void *context, int64_t first, int64_t last, int part) {
+    candidates_job *job = (candidates_job *)context;
+    const float *x = job->x;
+    float threshold = job->threshold;
+    if (job->counting) {
+        int64_t found = 0;
+        for (int64_t i = first; i < last; i++) found += !(fabsf(x[i]) < threshold);
+        job->found[part] = found;
+        return;
+    }
+    int64_t *out = job->out + job->offset[part];
+    int64_t i = first;
+    for (; i + 8 <= last; i += 8) { /* most groups of eight hold no candidate: test them at once */
+        int hit = 0;
+        for (int j = 0; j < 8; j++) hit |= !(fabsf(x[i + j]) < threshold);
+        if (hit)
+            for (int j = 0; j < 8; j++)
+                if (!(fabsf(x[i + j]) < threshold)) *out++ = i + j;
+    }
+    for (; i < last; i++)
+        if (!(fabsf(x[i]) < threshold)) *out++ = i;
+}
+
+/* Returns the number of candidates; writes them only when they fit in `capacity`. */
+int64_t gossip_topk_candidates(const float *x, int64_t count, float threshold, int64_t *out, int64_t capacity,
+                               int threads) {
+    candidates_job job;
+    memset(&job, 0, sizeof job);
+    job.x = x;
+    job.threshold = threshold;
+    job.out = out;
+    job.capacity = capacity;
+    job.counting = 1;
+    parallel_for(count, threads, candidates_range, &job);
+    int64_t total = 0;
+    for (int p = 0; p < parts_for(count, threads); p++) {
+        job.offset[p] = total;
+        total += job.found[p];
+    }
+    if (total > capacity) return total;
+    job.counting = 0;
+    parallel_for(count, threads, candidates_range, &job);
+    return total;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Random-k index sets as a bitmap of d bits (int64 words).
+ * -------------------------------------------------------------------------------------------- */
+/* Sets the bits of `draws`; returns how many were not set before. */
+int64_t gossip_bitmap_mark(uint64_t *bitmap, const int64_t *draws, int64_t count) {
+    int64_t fresh = 0;
+    for (int64_t i = 0; i < count; i++) {
+        uint64_t bit = 1ull << (draws[i] & 63);
+        uint64_t *word = &bitmap[draws[i] >> 6];
+        fresh += !(*word & bit);
+        *word |= bit;
+    }
+    return fresh;
+}
+
+/* Writes the set bits' positions, ascending, into out; returns how many. */
+int64_t gossip_bitmap_positions(const uint64_t *bitmap, int64_t words, int64_t *out) {
+    int64_t found = 0;
+    for (int64_t w = 0; w < words; w++) {
+        uint64_t word = bitmap[w];
+        while (word) {
+            out[found++] = w * 64 + __builtin_ctzll(word);
+            word &= word - 1;
+        }
+    }
+    return found;
+}

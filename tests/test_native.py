@@ -1,0 +1,123 @@
+"""Tests for gossip.native: the C kernels write the same bytes as the torch path of every codec."""
+
+import pytest
+import torch
+
+from gossip import compression, native
+from gossip.compression import build
+
+needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler: the kernels are not built")
+
+#: Sizes around lanes (8), quantise steps (64), kernel blocks (2^16) and encoder chunks (2^18).
+SIZES = [1, 7, 8, 9, 63, 65, 1000, 2**16 + 13, 2**18 + 3 * 2**16 + 5]
+
+CODECS = [
+    build("sign"),
+    *(build("qsgd", levels=s) for s in (1, 3, 7, 15, 127)),  # 2, 3, 4, 5 and 8 bits
+    *(build("moniqua", bits=b) for b in range(1, 9)),
+    build("topk", fraction=0.001),  # the thresholded fast path from 2^16 elements
+    build("randomk", fraction=0.01),
+]
+
+
+def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the codecs take their torch path, as on a machine without a compiler."""
+    monkeypatch.setattr(native, "usable", lambda *tensors: False)
+    monkeypatch.setattr(native, "available", lambda: False)
+
+
+def messages(codec: compression.Codec, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = (lambda: torch.Generator().manual_seed(seed)) if codec.encode_needs_generator else (lambda: None)
+    decode_generator = torch.Generator().manual_seed(seed) if codec.decode_needs_generator else None
+    wire = codec.encode(x, generator())
+    return wire, codec.decode(wire, x, decode_generator)
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("d", SIZES)
+@pytest.mark.parametrize("codec", CODECS, ids=repr)
+def test_kernels_write_the_torch_paths_bytes(
+    codec: compression.Codec, d: int, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = torch.rand(d, generator=torch.Generator().manual_seed(d)).sub_(0.5)
+    x[:: max(1, d // 5)] = 0.0  # zeros: sign(0), QSGD's zero level
+    if d > 2:
+        x[1] = 0.75  # beyond Moniqua's clamp
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        wire, decoded = messages(codec, x, seed=d)
+        torch_path(monkeypatch)
+        expected_wire, expected_decoded = messages(codec, x, seed=d)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(wire, expected_wire)
+    assert torch.equal(decoded, expected_decoded)
+
+
+@needs_native
+def test_decode_reads_a_wire_at_any_byte_offset() -> None:
+    codec = build("qsgd", levels=3)  # 3 bits: codes straddle bytes
+    x = torch.rand(1001).sub_(0.5)
+    buffer = torch.zeros(codec.wire_bytes(1001) + 3, dtype=torch.uint8)
+    wire = codec.encode(x, torch.Generator().manual_seed(0), out=buffer[3:])
+    decoded = codec.decode(wire, x)
+    assert torch.equal(decoded, codec.decode(wire.clone(), x))
+    assert decoded.abs().max() <= torch.linalg.vector_norm(x) * (1 + 1e-6)
+
+
+def splitmix64(seed: int, counter: int) -> int:
+    """The reference, in Python integers."""
+    mask = 2**64 - 1
+    z = (seed + (counter + 1) * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+@pytest.mark.parametrize("seed", [0, 12345, 2**63 - 1])
+def test_rounding_noise_is_splitmix64_in_int16_lanes(seed: int) -> None:
+    noise = compression._rounding_noise(torch.tensor(seed), 8, 10, torch.device("cpu"))
+    expected = []
+    for element in range(8, 18):
+        lane = (splitmix64(seed, element // 4) >> (16 * (element % 4))) & 0xFFFF
+        expected.append(lane - 2**16 if lane >= 2**15 else lane)
+    assert noise.tolist() == expected
+
+
+@needs_native
+def test_topk_candidates_beyond_the_capacity_guess() -> None:
+    x = torch.randn(70_000, generator=torch.Generator().manual_seed(1))
+    found = native.topk_candidates(x, 1.0, capacity=10)
+    assert torch.equal(found, (x.abs() >= 1.0).nonzero().flatten())
+
+
+@needs_native
+def test_distinct_sorted_tops_up_duplicates() -> None:
+    draws = iter([torch.tensor([5, 3, 5, 3]), torch.tensor([3, 9]), torch.tensor([0])])
+    assert native.distinct_sorted(10, 4, lambda count: next(draws)[:count]).tolist() == [0, 3, 5, 9]
+
+
+def test_build_names_a_missing_compiler(tmp_path) -> None:
+    with pytest.raises(RuntimeError, match="no-such-compiler"):
+        native.build(compiler="no-such-compiler", cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left
+
+
+@needs_native
+def test_build_caches_one_library_per_source(tmp_path) -> None:
+    library = native.build(cache_dir=tmp_path)
+    assert library.exists() and native.build(cache_dir=tmp_path) == library
+    assert [p.name for p in tmp_path.iterdir()] == [library.name]
+
+
+def test_environment_turns_the_kernels_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOSSIP_NATIVE", "0")
+    native._library.cache_clear()
+    try:
+        assert not native.available()
+        assert not native.usable(torch.zeros(3))
+    finally:
+        monkeypatch.delenv("GOSSIP_NATIVE")
+        native._library.cache_clear()
