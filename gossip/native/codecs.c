@@ -178,6 +178,15 @@ INLINE void step_codes(const float *v, int kind, int bits, float scale, float of
     }
 }
 
+/* sums[l] += |v[8i + l]| for the STEP values of v, in order (kept in registers, vectorised). */
+INLINE void add_abs(double sums[8], const float *v) {
+    double lane[8];
+    for (int l = 0; l < 8; l++) lane[l] = sums[l];
+    for (int i = 0; i < STEP; i += 8)
+        for (int l = 0; l < 8; l++) lane[l] += fabsf(v[i + l]);
+    for (int l = 0; l < 8; l++) sums[l] = lane[l];
+}
+
 /* Blocks of BLOCK elements; for SIGN, also each block's sum of |x| (8 double lanes, element i
  * into lane i % 8, the lanes added pairwise): a fixed order, whatever the thread split. */
 INLINE void quantize_lanes(const quantize_job *job, int64_t first, int64_t last, int kind, int bits) {
@@ -191,8 +200,7 @@ INLINE void quantize_lanes(const quantize_job *job, int64_t first, int64_t last,
         double sums[8] = {0};
         for (; group + STEP <= end; group += STEP) {
             step_codes(x + group, kind, bits, scale, offset, seed, group, &masks, out + group / 8 * bits);
-            if (kind == SIGN)
-                for (int j = 0; j < STEP; j++) sums[j % 8] += fabsf(x[group + j]);
+            if (kind == SIGN) add_abs(sums, x + group);
         }
         if (group < end) { /* through zero-padded copies; only the stream's own bytes are written */
             float padded[STEP] = {0};
@@ -202,8 +210,7 @@ INLINE void quantize_lanes(const quantize_job *job, int64_t first, int64_t last,
             int64_t used = (end - group) * bits; /* the stream's last byte is zero-padded */
             if (used % 8) packed[used / 8] &= (uint8_t)((1u << (used % 8)) - 1);
             memcpy(out + group / 8 * bits, packed, (size_t)((used + 7) / 8));
-            if (kind == SIGN)
-                for (int j = 0; j < STEP; j++) sums[j % 8] += fabsf(padded[j]);
+            if (kind == SIGN) add_abs(sums, padded);
         }
         if (kind == SIGN)
             job->abs_sums[block / BLOCK] = ((sums[0] + sums[1]) + (sums[2] + sums[3])) +
