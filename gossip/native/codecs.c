@@ -3,7 +3,8 @@
  * Each kernel does in one pass over memory what the torch fallback does in several elementwise
  * passes, and produces bit-identical results: the same float operations in the same order
  * (compiled with -ffp-contract=off, no fast-math), the same counter-based rounding noise, the same
- * wire layout.  gossip/native/__init__.py compiles this file on first use and calls it through
+ * wire layout.  The one sum, sign's ||x||_1, is accumulated in double on both paths (in a fixed
+ * order here), so the fp32 scale agrees unless the double sums straddle an fp32 rounding point.  gossip/native/__init__.py compiles this file on first use and calls it through
  * ctypes on contiguous CPU tensors; work is split over `threads` POSIX threads in whole blocks of
  * BLOCK elements (a multiple of 8, so a block starts on a whole byte of every packed stream).
  */
@@ -76,9 +77,9 @@ static inline uint64_t mix64(uint64_t seed, uint64_t counter) {
 
 /* ----------------------------------------------------------------------------------------------
  * Quantise and pack: codes of `bits` bits, eight per `bits` bytes, little-endian bit stream.
- * Work goes in groups of eight elements (one packed lane); a partial last group is read through a
- * zero-padded copy and only its bytes are written.  quantize_lanes is inlined with constant kind
- * and bits for every pair, so that each loop is compiled for its own codec.
+ * Work goes in steps of STEP elements (eight packed lanes); a partial last step is read through a
+ * zero-padded copy and only the stream's own bytes are written.  quantize_lanes is inlined with
+ * constant kind and bits for every pair, so that each loop is compiled for its own codec.
  * -------------------------------------------------------------------------------------------- */
 #define INLINE static inline __attribute__((always_inline))
 
