@@ -27,9 +27,9 @@ def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def messages(codec: compression.Codec, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = (lambda: torch.Generator().manual_seed(seed)) if codec.encode_needs_generator else (lambda: None)
+    encode_generator = torch.Generator().manual_seed(seed) if codec.encode_needs_generator else None
     decode_generator = torch.Generator().manual_seed(seed) if codec.decode_needs_generator else None
-    wire = codec.encode(x, generator())
+    wire = codec.encode(x, encode_generator)
     return wire, codec.decode(wire, x, decode_generator)
 
 

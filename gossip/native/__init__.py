@@ -2,7 +2,7 @@
 
 The codecs in :mod:`gossip.compression` are written in torch ops, which on a CPU means several
 passes over memory per encode.  When a C compiler is present, this module builds ``codecs.c`` once
-per source version into a cache folder and the codecs call its one-pass kernels on contiguous CPU
+per source version into a cache folder and the codecs call its fused kernels on contiguous CPU
 tensors instead; the results are the same bytes (tests compare both paths).  Without a compiler,
 or with ``GOSSIP_NATIVE=0`` in the environment, everything runs on the torch path.
 
@@ -136,9 +136,9 @@ def quantize_pack(x: torch.Tensor, kind: int, bits: int, scale: float, offset: f
     steps with the counter-based noise of ``seed`` (see ``compression._rounding_noise``).  For
     SIGN, returns the sum of ``|x|`` accumulated in double in the same pass (else 0).
     """
-    sums = torch.empty(-(-x.numel() // BLOCK) if kind == SIGN else 0, dtype=torch.float64)
+    sums = torch.empty(-(-x.numel() // BLOCK), dtype=torch.float64) if kind == SIGN else None  # kept alive
     return _library().gossip_quantize_pack(x.data_ptr(), x.numel(), kind, bits, scale, offset, seed,
-                                           out.data_ptr(), sums.data_ptr() if kind == SIGN else None, _threads())
+                                           out.data_ptr(), None if sums is None else sums.data_ptr(), _threads())
 
 
 def lookup_decode(wire: torch.Tensor, bits: int, table: torch.Tensor, out: torch.Tensor) -> None:

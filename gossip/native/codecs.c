@@ -314,7 +314,6 @@ typedef struct {
     const float *x;
     float threshold;
     int64_t *out;
-    int64_t capacity;
     int64_t found[MAX_THREADS], offset[MAX_THREADS];
     int counting;
 } candidates_job;
@@ -350,7 +349,6 @@ int64_t gossip_topk_candidates(const float *x, int64_t count, float threshold, i
     job.x = x;
     job.threshold = threshold;
     job.out = out;
-    job.capacity = capacity;
     job.counting = 1;
     parallel_for(count, threads, candidates_range, &job);
     int64_t total = 0;
