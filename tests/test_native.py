@@ -20,6 +20,10 @@ CODECS = [
 ]
 
 
+#: The instruction sets of native.ISA_FLAGS this CPU runs: a library is built and checked for each.
+ISAS = {"default": ["default"], "avx2": ["default", "avx2"], "avx512": ["default", "avx2", "avx512"]}[native.cpu_isa()]
+
+
 def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the codecs take their torch path, as on a machine without a compiler."""
     monkeypatch.setattr(native, "usable", lambda *tensors: False)
@@ -34,12 +38,14 @@ def messages(codec: compression.Codec, x: torch.Tensor, seed: int) -> tuple[torc
 
 
 @needs_native
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("d", SIZES)
 @pytest.mark.parametrize("codec", CODECS, ids=repr)
 def test_kernels_write_the_torch_paths_bytes(
-    codec: compression.Codec, d: int, threads: int, monkeypatch: pytest.MonkeyPatch
+    codec: compression.Codec, d: int, threads: int, isa: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(native, "_library", lambda: native._load(isa))
     x = torch.rand(d, generator=torch.Generator().manual_seed(d)).sub_(0.5)
     x[:: max(1, d // 5)] = 0.0  # zeros: sign(0), QSGD's zero level
     if d > 2:

@@ -36,6 +36,7 @@ __all__ = [
     "SIGN",
     "available",
     "build",
+    "cpu_isa",
     "distinct_sorted",
     "lookup_decode",
     "quantize_pack",
@@ -45,9 +46,16 @@ __all__ = [
 
 SOURCE = Path(__file__).with_name("codecs.c")
 #: No fast-math and no contraction into fused multiply-adds: the kernels must round exactly as
-#: the torch ops they replace.  No -march=native either, so a cached library runs on every CPU
-#: of a cluster that shares the cache folder.
+#: the torch ops they replace, whatever the vector width.
 FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-fast-math")
+#: Extra flags per instruction set, named as torch.backends.cpu.get_cpu_capability() names them
+#: (lower case).  A library is built for the set this CPU has, never with -march=native, so a
+#: cache folder shared by a cluster holds one library per set and each CPU loads one it can run.
+ISA_FLAGS = {
+    "default": (),
+    "avx2": ("-mavx2", "-mbmi2"),
+    "avx512": ("-mavx2", "-mbmi2", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"),
+}
 #: Elements per block of the kernels' thread split (BLOCK in codecs.c).
 BLOCK = 2**16
 
@@ -69,25 +77,35 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gossip"
 
 
-def build(compiler: str | None = None, cache_dir: Path | None = None) -> Path:
-    """Compile ``codecs.c`` into the cache folder (once per source, flags and compiler) and return
-    the library's path.  Raises RuntimeError with the compiler's message when it fails."""
+def cpu_isa() -> str:
+    """The instruction set of ``ISA_FLAGS`` this CPU runs (torch's CPU capability; else "default")."""
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return capability if capability in ISA_FLAGS else "default"
+
+
+def build(compiler: str | None = None, cache_dir: Path | None = None, isa: str | None = None) -> Path:
+    """Compile ``codecs.c`` for ``isa`` (default: this CPU's) into the cache folder, once per
+    source, flags and compiler, and return the library's path.  Raises RuntimeError with the
+    compiler's message when it fails."""
     compiler = compiler or os.environ.get("CC") or "cc"
+    isa = isa or cpu_isa()
+    flags = (*FLAGS, *ISA_FLAGS[isa])
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + repr((FLAGS, compiler, sys.platform)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + repr((flags, compiler, sys.platform)).encode()).hexdigest()[:16]
     folder = cache_dir or _cache_dir()
-    library = folder / f"gossip-codecs-{key}.so"
+    library = folder / f"gossip-codecs-{isa}-{key}.so"
     if library.exists():
         return library
     folder.mkdir(parents=True, exist_ok=True)
     # Built under a temporary name and renamed, so that concurrent processes never load half a file.
     handle, partial = tempfile.mkstemp(dir=folder, prefix=library.stem, suffix=".so.partial")
     os.close(handle)
-    command = [*shlex.split(compiler), *FLAGS, "-o", partial, str(SOURCE), "-lm"]
+    command = [*shlex.split(compiler), *flags, "-o", partial, str(SOURCE), "-lm"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
-            raise RuntimeError(f"{shlex.join(command)} failed: {result.stderr.strip().splitlines()[-1:]}")
+            errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
+            raise RuntimeError(f"{shlex.join(command)} failed: {errors[:1]}")
         os.replace(partial, library)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise RuntimeError(f"cannot run the C compiler {compiler!r}: {error}") from error
@@ -99,11 +117,17 @@ def build(compiler: str | None = None, cache_dir: Path | None = None) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _library() -> ctypes.CDLL | None:
-    """The loaded kernels, or None (turned off, or no compiler: warned once)."""
+    """The loaded kernels for this CPU, or None (turned off, or no compiler: warned once)."""
     if os.environ.get("GOSSIP_NATIVE", "1") == "0":
         return None
+    return _load(cpu_isa())
+
+
+@functools.lru_cache(maxsize=None)
+def _load(isa: str) -> ctypes.CDLL | None:
+    """The kernels built for ``isa``, or None (no compiler: warned once)."""
     try:
-        library = ctypes.CDLL(str(build()))
+        library = ctypes.CDLL(str(build(isa=isa)))
     except (RuntimeError, OSError) as error:
         warnings.warn(f"gossip: fused codec kernels unavailable, using torch ops ({error})", stacklevel=3)
         return None

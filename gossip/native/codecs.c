@@ -106,6 +106,16 @@ INLINE void store_bytes(uint8_t *out, uint64_t lane, int64_t bytes) {
     }
 }
 
+/* Elements quantised per step: stage by stage through small arrays, so each stage vectorises. */
+#define STEP 64
+
+/* Eight lanes of eight codes each (one code per byte), as one vector: GCC/Clang vector extensions,
+ * lowered to whatever vector unit the library is built for. */
+typedef uint64_t lanes8 __attribute__((vector_size(64)));
+typedef uint32_t lanes8_u32 __attribute__((vector_size(32)));
+typedef uint16_t lanes8_u16 __attribute__((vector_size(16)));
+typedef uint8_t lanes8_u8 __attribute__((vector_size(8)));
+
 /* An int64 mask of the low `width` bits of every `period`-bit field. */
 INLINE uint64_t field_mask(int width, int period) {
     uint64_t mask = 0;
@@ -113,39 +123,38 @@ INLINE uint64_t field_mask(int width, int period) {
     return mask;
 }
 
-/* The masks pack_lane uses for `bits`-bit codes: the low fields of groups of 1, 2 and 4 codes. */
-typedef struct {
-    uint64_t low[3];
-} lane_masks;
-
-static lane_masks masks_for(int bits) {
-    lane_masks masks;
-    for (int step = 0; step < 3; step++) masks.low[step] = field_mask((1 << step) * bits, 16 << step);
-    return masks;
-}
-
-/* Eight codes, one per byte of `word`, packed into its low `bits` bytes (pack_bits's stream):
- * neighbouring groups of 1, 2, then 4 codes close up; for one bit, a multiply gathers them. */
-INLINE uint64_t pack_lane(uint64_t word, int bits, const lane_masks *masks) {
-    if (bits == 8) return word;
-    word &= 0x0101010101010101ull * ((1u << bits) - 1);
-    if (bits == 1) return (word * 0x0102040810204080ull) >> 56;
+/* Each lane's eight codes packed into its low `bits` bytes (pack_bits's stream): neighbouring
+ * groups of 1, 2, then 4 codes close up; for one bit, a multiply gathers them. */
+INLINE lanes8 pack_lanes(lanes8 lanes, int bits) {
+    if (bits == 8) return lanes;
+    lanes &= 0x0101010101010101ull * ((1u << bits) - 1);
+    if (bits == 1) return (lanes * 0x0102040810204080ull) >> 56;
     for (int step = 0; step < 3; step++) {
         int group = 1 << step;
-        uint64_t low = masks->low[step];
-        word = (word & low) | ((word >> (group * (8 - bits))) & (low << (group * bits)));
+        uint64_t low = field_mask(group * bits, 16 << step);
+        lanes = (lanes & low) | ((lanes >> (group * (8 - bits))) & (low << (group * bits)));
     }
-    return word;
+    return lanes;
 }
 
-/* Elements quantised per step: stage by stage through small arrays, so each stage vectorises. */
-#define STEP 64
+/* Stores packed lanes of `bits` bytes each one after another: for 1, 2 or 4 bits, each lane's
+ * truncation to 8, 16 or 32 bits, all lanes at once. */
+INLINE void store_lanes(uint8_t *out, lanes8 lanes, int bits) {
+    switch (bits) {
+    case 1: { lanes8_u8 narrow = __builtin_convertvector(lanes, lanes8_u8); memcpy(out, &narrow, 8); return; }
+    case 2: { lanes8_u16 narrow = __builtin_convertvector(lanes, lanes8_u16); memcpy(out, &narrow, 16); return; }
+    case 4: { lanes8_u32 narrow = __builtin_convertvector(lanes, lanes8_u32); memcpy(out, &narrow, 32); return; }
+    case 8: memcpy(out, &lanes, 64); return;
+    default:
+        for (int lane = 0; lane < 8; lane++) store_bytes(out + lane * bits, lanes[lane], bits);
+    }
+}
 
 /* The packed codes of x[group, group + STEP) (group a multiple of 8), `kind` and `bits` constant
  * after inlining.  Stochastic rounding: add a 16-bit noise lane to the fixed-point value (2^16
  * steps per unit, non-negative) and keep bits 16..23. */
 INLINE void step_codes(const float *v, int kind, int bits, float scale, float offset, uint64_t seed,
-                       int64_t group, const lane_masks *masks, uint8_t *packed) {
+                       int64_t group, uint8_t *packed) {
     uint8_t codes[STEP];
     if (kind == SIGN) {
         for (int j = 0; j < STEP; j++) codes[j] = v[j] >= 0.0f;
@@ -172,11 +181,9 @@ INLINE void step_codes(const float *v, int kind, int bits, float scale, float of
         if (kind == QSGD)
             for (int j = 0; j < STEP; j++) codes[j] = (uint8_t)(2 * codes[j] + (v[j] < 0.0f));
     }
-    for (int lane = 0; lane < STEP / 8; lane++) {
-        uint64_t word;
-        memcpy(&word, codes + 8 * lane, 8);
-        store_bytes(packed + lane * bits, pack_lane(word, bits, masks), bits);
-    }
+    lanes8 lanes;
+    memcpy(&lanes, codes, sizeof lanes);
+    store_lanes(packed, pack_lanes(lanes, bits), bits);
 }
 
 /* sums[l] += |v[8i + l]| for the STEP values of v, in order (kept in registers, vectorised). */
@@ -195,19 +202,18 @@ INLINE void quantize_lanes(const quantize_job *job, int64_t first, int64_t last,
     uint8_t *out = job->out;
     float scale = job->scale, offset = job->offset;
     uint64_t seed = job->seed;
-    lane_masks masks = masks_for(bits);
     for (int64_t block = first; block < last; block += BLOCK) {
         int64_t end = block + BLOCK < last ? block + BLOCK : last, group = block;
         double sums[8] = {0};
         for (; group + STEP <= end; group += STEP) {
-            step_codes(x + group, kind, bits, scale, offset, seed, group, &masks, out + group / 8 * bits);
+            step_codes(x + group, kind, bits, scale, offset, seed, group, out + group / 8 * bits);
             if (kind == SIGN) add_abs(sums, x + group);
         }
         if (group < end) { /* through zero-padded copies; only the stream's own bytes are written */
             float padded[STEP] = {0};
             uint8_t packed[STEP];
             memcpy(padded, x + group, (size_t)(end - group) * sizeof(float));
-            step_codes(padded, kind, bits, scale, offset, seed, group, &masks, packed);
+            step_codes(padded, kind, bits, scale, offset, seed, group, packed);
             int64_t used = (end - group) * bits; /* the stream's last byte is zero-padded */
             if (used % 8) packed[used / 8] &= (uint8_t)((1u << (used % 8)) - 1);
             memcpy(out + group / 8 * bits, packed, (size_t)((used + 7) / 8));
