@@ -270,7 +270,7 @@ _GOLDEN, _MIX1, _MIX2 = (c - 2**64 for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E
 
 def _draw_seed(generator: torch.Generator) -> torch.Tensor:
     """One int64 draw in [0, 2^63) from ``generator`` (0-dim, on its device): the seed of one
-    message's rounding noise."""
+    message's counter-based randomness (rounding noise, random-k's indices)."""
     return torch.empty((), dtype=torch.int64, device=generator.device).random_(generator=generator)
 
 
@@ -279,19 +279,32 @@ def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
     return (z >> bits) & ((1 << (64 - bits)) - 1)
 
 
-def _rounding_noise(seed: torch.Tensor, first: int, count: int, device: torch.device) -> torch.Tensor:
-    """The int16 noise of elements ``[first, first + count)`` (``first`` a multiple of 4).
+def _splitmix64(seed: torch.Tensor, first: int, count: int, device: torch.device) -> torch.Tensor:
+    """splitmix64's outputs for counters ``[first, first + count)`` under ``seed``, as int64.
 
-    Word ``w`` of the stream is splitmix64's output for counter ``w`` under ``seed``; element ``i``
-    takes the signed 16-bit lane ``i % 4`` of word ``i // 4``.  Counter-based, so a chunk's noise
-    needs no draws before it, and the C kernels (``gossip/native/codecs.c``) compute the same.
-    Wrapping int64 arithmetic is two's complement, as the uint64 of the reference.
+    Counter-based, so any stretch of the stream needs no draws before it, and the C kernels
+    (``gossip/native/codecs.c``) compute the same words.  Wrapping int64 arithmetic is two's
+    complement, as the uint64 of the reference.
     """
-    words = torch.arange(first // 4 + 1, first // 4 + (count + 3) // 4 + 1, dtype=torch.int64, device=device)
-    z = words.mul_(_GOLDEN).add_(seed.to(device))
+    z = torch.arange(first + 1, first + count + 1, dtype=torch.int64, device=device)
+    z = z.mul_(_GOLDEN).add_(seed.to(device))
     z = (z ^ _shift_right(z, 30)).mul_(_MIX1)
     z = (z ^ _shift_right(z, 27)).mul_(_MIX2)
-    return (z ^ _shift_right(z, 31)).view(torch.int16)[:count]
+    return z ^ _shift_right(z, 31)
+
+
+def _rounding_noise(seed: torch.Tensor, first: int, count: int, device: torch.device) -> torch.Tensor:
+    """The int16 noise of elements ``[first, first + count)`` (``first`` a multiple of 4): element
+    ``i`` takes the signed 16-bit lane ``i % 4`` of splitmix64 word ``i // 4``."""
+    return _splitmix64(seed, first // 4, (count + 3) // 4, device).view(torch.int16)[:count]
+
+
+def _index_draws(seed: torch.Tensor, first: int, count: int, d: int, device: torch.device) -> torch.Tensor:
+    """Draws ``[first, first + count)`` of i.i.d. uniform indices below ``d``: ``floor(u * d)`` for
+    ``u`` the top 53 bits of splitmix64 word j as a double in [0, 1) (capped at d - 1 against the
+    rounding of ``u * d``)."""
+    top = _shift_right(_splitmix64(seed, first, count, device), 11).to(torch.float64)
+    return top.mul_(2.0**-53).mul_(d).floor_().to(torch.int64).clamp_(max=d - 1)
 
 
 def _stochastic_round_into(fixed: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:
@@ -362,23 +375,19 @@ def _topk_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
     return torch.index_select(candidates, 0, torch.topk(magnitudes, k, sorted=False).indices)
 
 
-def _distinct_draws(d: int, k: int, generator: torch.Generator) -> torch.Tensor:
-    """``k`` distinct indices below ``d``, ascending, uniformly at random, in O(k log k).
+def _distinct_draws(d: int, k: int, seed: torch.Tensor) -> torch.Tensor:
+    """``k <= d`` distinct indices below ``d``, ascending, uniformly at random, in O(k log k).
 
-    Draws i.i.d. indices and keeps the distinct ones, each round drawing exactly as many as are
-    missing, so the result is the set of the first k distinct values of an i.i.d. stream: a
-    uniform k-subset.  On the CPU the set is kept as a bitmap (``gossip.native``) when it can be.
+    Takes the distinct ones of the i.i.d. draws of ``_index_draws``, each round drawing exactly as
+    many as are missing, so the result is the set of the first k distinct values of an i.i.d.
+    stream: a uniform k-subset.  (``native.randomk_bitmap`` finds the same set as a bitmap.)
     """
-    device = generator.device
-
-    def draw(count: int) -> torch.Tensor:
-        return torch.randint(d, (count,), generator=generator, device=device)
-
-    if device.type == "cpu" and native.available():
-        return native.distinct_sorted(d, k, draw)
-    chosen = torch.unique(draw(k))
+    drawn = 0
+    chosen = torch.empty(0, dtype=torch.int64, device=seed.device)
     while chosen.numel() < k:
-        chosen = torch.unique(torch.cat([chosen, draw(k - chosen.numel())]))
+        missing = k - chosen.numel()
+        chosen = torch.unique(torch.cat([chosen, _index_draws(seed, drawn, missing, d, seed.device)]))
+        drawn += missing
     return chosen
 
 
@@ -545,10 +554,10 @@ class RandomK(Sparsifier):
     Wire: the k fp32 values only (4k bytes), in the order of the indices, which
     the receiver rebuilds from an identically seeded generator passed to
     ``decode``.  The indices are a uniform k-subset: for k <= d/4 the distinct
-    values of ``torch.randint`` draws, ascending (see ``_distinct_draws``,
-    O(k log k)), otherwise the first k of ``torch.randperm(d)`` (O(d)); drawn on the
-    generator's device.  With ``rescale`` decode multiplies by d/k, making the
-    estimate unbiased.
+    values of i.i.d. counter-based draws under one seed taken from the generator,
+    ascending (see ``_distinct_draws``, O(k log k)); otherwise the first k of
+    ``torch.randperm(d)`` (O(d)), drawn on the generator's device.  With
+    ``rescale`` decode multiplies by d/k, making the estimate unbiased.
     """
 
     rescale: bool = False
@@ -563,21 +572,37 @@ class RandomK(Sparsifier):
     def wire_bytes(self, numel: int) -> int:
         return 4 * self.k_for(numel)
 
-    def _indices(self, d: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    def _chosen(self, d: int, generator: torch.Generator, bitmap: bool) -> torch.Tensor:
+        """The chosen indices of a message of ``d`` entries, on the generator's device; with
+        ``bitmap`` (the C kernels, k <= d/4 only) the same set as ``native.randomk_bitmap``'s bitmap."""
         k = self.k_for(d)
-        if 4 * k <= d:
-            return _distinct_draws(d, k, generator).to(device)
-        return torch.randperm(d, generator=generator, device=generator.device)[:k].to(device)
+        if 4 * k > d:
+            return torch.randperm(d, generator=generator, device=generator.device)[:k]
+        seed = _draw_seed(generator)
+        return native.randomk_bitmap(d, k, int(seed)) if bitmap else _distinct_draws(d, k, seed)
+
+    def _fused(self, d: int, *tensors: torch.Tensor) -> bool:
+        """Whether the C kernels gather or scatter through the index bitmap."""
+        return 4 * self.k_for(d) <= d and native.usable(*tensors)
 
     def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        out.copy_(_as_bytes(torch.index_select(flat, 0, self._indices(flat.numel(), generator, flat.device))))
+        d = flat.numel()
+        if self._fused(d, flat):
+            values = torch.empty(self.k_for(d))
+            native.bitmap_gather(self._chosen(d, generator, bitmap=True), flat, values)
+        else:
+            values = torch.index_select(flat, 0, self._chosen(d, generator, bitmap=False).to(flat.device))
+        out.copy_(_as_bytes(values))
 
     def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
         d = out.numel()
         values = _from_bytes(wire, torch.float32)
         if self.rescale:
             values = values * (d / self.k_for(d))
-        out.zero_().scatter_(0, self._indices(d, generator, out.device), values)
+        if self._fused(d, values, out):
+            native.bitmap_scatter(self._chosen(d, generator, bitmap=True), values, out)
+        else:
+            out.zero_().scatter_(0, self._chosen(d, generator, bitmap=False).to(out.device), values)
 
 
 @dataclass(frozen=True, repr=False)

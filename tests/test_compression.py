@@ -259,17 +259,17 @@ def test_topk_fast_path_matches_torch_topk(name: str, k: int) -> None:
 
 @pytest.mark.parametrize("d, k", [(1000, 10), (1000, 250), (100_000, 1000), (50, 1)])
 def test_distinct_draws_are_distinct_in_range_and_reproducible(d: int, k: int) -> None:
-    drawn = _distinct_draws(d, k, gen(3))
+    drawn = _distinct_draws(d, k, torch.tensor(3))
     assert drawn.numel() == k and drawn.unique().numel() == k
     assert 0 <= drawn.min() and drawn.max() < d
-    assert torch.equal(drawn, _distinct_draws(d, k, gen(3)))
+    assert torch.equal(drawn, _distinct_draws(d, k, torch.tensor(3)))
 
 
 def test_distinct_draws_roughly_uniform() -> None:
     d, k, draws = 40, 10, 2000
     counts = torch.zeros(d)
     for seed in range(draws):
-        counts[_distinct_draws(d, k, gen(seed))] += 1
+        counts[_distinct_draws(d, k, torch.tensor(seed))] += 1
     expected = draws * k / d  # 500 per index; binomial std about 19
     assert (counts - expected).abs().max() < 6 * math.sqrt(expected)
 

@@ -99,10 +99,19 @@ def test_topk_candidates_beyond_the_capacity_guess() -> None:
     assert torch.equal(found, (x.abs() >= 1.0).nonzero().flatten())
 
 
+@pytest.mark.parametrize("seed", [0, 2**63 - 1])
+def test_index_draws_are_the_top_53_bits_of_splitmix64_times_d(seed: int) -> None:
+    d = 1_000_003
+    draws = compression._index_draws(torch.tensor(seed), 5, 20, d, torch.device("cpu"))
+    assert draws.tolist() == [int(splitmix64(seed, j) >> 11) * d >> 53 for j in range(5, 25)]
+
+
 @needs_native
-def test_distinct_sorted_tops_up_duplicates() -> None:
-    draws = iter([torch.tensor([5, 3, 5, 3]), torch.tensor([3, 9]), torch.tensor([0])])
-    assert native.distinct_sorted(10, 4, lambda count: next(draws)[:count]).tolist() == [0, 3, 5, 9]
+@pytest.mark.parametrize("d, k", [(8, 8), (1000, 250), (100_003, 1000)])  # (8, 8): rounds of top-ups
+def test_randomk_bitmap_holds_the_torch_paths_index_set(d: int, k: int) -> None:
+    bitmap = native.randomk_bitmap(d, k, seed=7)
+    bits = (bitmap.unsqueeze(1) >> torch.arange(64)) & 1
+    assert torch.equal(bits.flatten().nonzero().flatten(), compression._distinct_draws(d, k, torch.tensor(7)))
 
 
 def test_build_names_a_missing_compiler(tmp_path) -> None:

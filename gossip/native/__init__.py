@@ -26,8 +26,6 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable
-
 import torch
 
 __all__ = [
@@ -37,9 +35,11 @@ __all__ = [
     "available",
     "build",
     "cpu_isa",
-    "distinct_sorted",
+    "bitmap_gather",
+    "bitmap_scatter",
     "lookup_decode",
     "quantize_pack",
+    "randomk_bitmap",
     "topk_candidates",
     "usable",
 ]
@@ -53,8 +53,8 @@ FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-fast-
 #: cache folder shared by a cluster holds one library per set and each CPU loads one it can run.
 ISA_FLAGS = {
     "default": (),
-    "avx2": ("-mavx2", "-mbmi2"),
-    "avx512": ("-mavx2", "-mbmi2", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"),
+    "avx2": ("-mavx2", "-mbmi", "-mbmi2", "-mpopcnt"),
+    "avx512": ("-mavx2", "-mbmi", "-mbmi2", "-mpopcnt", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"),
 }
 #: Elements per block of the kernels' thread split (BLOCK in codecs.c).
 BLOCK = 2**16
@@ -66,8 +66,9 @@ _SIGNATURES = {
     "gossip_quantize_pack": (ctypes.c_double, [_ptr, _i64, _int, _int, _f32, _f32, _u64, _ptr, _ptr, _int]),
     "gossip_lookup_decode": (None, [_ptr, _i64, _int, _ptr, _ptr, _int]),
     "gossip_topk_candidates": (_i64, [_ptr, _i64, _f32, _ptr, _i64, _int]),
-    "gossip_bitmap_mark": (_i64, [_ptr, _ptr, _i64]),
-    "gossip_bitmap_positions": (_i64, [_ptr, _i64, _ptr]),
+    "gossip_randomk_bitmap": (_i64, [_u64, _i64, _i64, _ptr]),
+    "gossip_bitmap_gather": (None, [_ptr, _ptr, _i64, _ptr, _int]),
+    "gossip_bitmap_scatter": (None, [_ptr, _ptr, _i64, _ptr, _int]),
 }
 
 
@@ -183,15 +184,20 @@ def topk_candidates(x: torch.Tensor, threshold: float, capacity: int) -> torch.T
     return out[:found]
 
 
-def distinct_sorted(d: int, k: int, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
-    """The distinct values, ascending, of int64 draws below ``d`` (``draw(m)`` makes m of them),
-    drawing as many as are missing until there are ``k`` (at most d)."""
-    library = _library()
+def randomk_bitmap(d: int, k: int, seed: int) -> torch.Tensor:
+    """Random-k's index set as a bitmap (int64 words; bit i of word w is index 64w + i): the first
+    ``k`` distinct of the draws ``compression._index_draws`` makes under ``seed`` (``k <= d``)."""
     bitmap = torch.zeros(-(-d // 64), dtype=torch.int64)
-    distinct = 0
-    while distinct < k:
-        draws = draw(k - distinct).contiguous()
-        distinct += library.gossip_bitmap_mark(bitmap.data_ptr(), draws.data_ptr(), draws.numel())
-    out = torch.empty(k, dtype=torch.int64)
-    library.gossip_bitmap_positions(bitmap.data_ptr(), bitmap.numel(), out.data_ptr())
-    return out
+    _library().gossip_randomk_bitmap(seed, d, k, bitmap.data_ptr())
+    return bitmap
+
+
+def bitmap_gather(bitmap: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
+    """``out`` (fp32) := the entries of ``x`` at the bitmap's indices, ascending."""
+    _library().gossip_bitmap_gather(bitmap.data_ptr(), x.data_ptr(), x.numel(), out.data_ptr(), _threads())
+
+
+def bitmap_scatter(bitmap: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> None:
+    """``out`` (fp32) := zeros, with ``values`` at the bitmap's indices, ascending."""
+    values = values.contiguous()
+    _library().gossip_bitmap_scatter(bitmap.data_ptr(), values.data_ptr(), out.numel(), out.data_ptr(), _threads())

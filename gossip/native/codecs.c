@@ -369,29 +369,78 @@ int64_t gossip_topk_candidates(const float *x, int64_t count, float threshold, i
 }
 
 /* ----------------------------------------------------------------------------------------------
- * Random-k index sets as a bitmap of d bits (int64 words).
+ * Random-k index sets as a bitmap of d bits (uint64 words, bit i of word w is index 64w + i).
+ * Draw j of a message is floor(u * d) with u = (splitmix64 word j >> 11) * 2^-53, the same double
+ * operations as compression._index_draws, capped at d - 1.
  * -------------------------------------------------------------------------------------------- */
-/* Sets the bits of `draws`; returns how many were not set before. */
-int64_t gossip_bitmap_mark(uint64_t *bitmap, const int64_t *draws, int64_t count) {
-    int64_t fresh = 0;
-    for (int64_t i = 0; i < count; i++) {
-        uint64_t bit = 1ull << (draws[i] & 63);
-        uint64_t *word = &bitmap[draws[i] >> 6];
-        fresh += !(*word & bit);
-        *word |= bit;
-    }
-    return fresh;
+/* Draw j of a message: an index below d. */
+INLINE int64_t index_draw(uint64_t seed, int64_t d, uint64_t j) {
+    int64_t index = (int64_t)((double)(int64_t)(mix64(seed, j) >> 11) * 0x1p-53 * (double)d);
+    return index < d - 1 ? index : d - 1;
 }
 
-/* Writes the set bits' positions, ascending, into out; returns how many. */
-int64_t gossip_bitmap_positions(const uint64_t *bitmap, int64_t words, int64_t *out) {
-    int64_t found = 0;
-    for (int64_t w = 0; w < words; w++) {
-        uint64_t word = bitmap[w];
-        while (word) {
-            out[found++] = w * 64 + __builtin_ctzll(word);
-            word &= word - 1;
+/* Draws computed per batch (a vectorised loop) before they are marked one by one. */
+#define DRAWS 64
+
+/* Marks draws 0, 1, ... until `k` bits are set (k <= d); returns the draws used. */
+int64_t gossip_randomk_bitmap(uint64_t seed, int64_t d, int64_t k, uint64_t *bitmap) {
+    int64_t distinct = 0, drawn = 0;
+    while (distinct < k) { /* each round draws as many as are missing, as the torch path does */
+        int64_t round_end = drawn + (k - distinct);
+        for (; drawn < round_end; drawn += DRAWS) {
+            int64_t batch[DRAWS];
+            for (int j = 0; j < DRAWS; j++) batch[j] = index_draw(seed, d, (uint64_t)(drawn + j));
+            for (int j = 0; j < DRAWS && drawn + j < round_end; j++) {
+                uint64_t bit = 1ull << (batch[j] & 63);
+                distinct += !(bitmap[batch[j] >> 6] & bit);
+                bitmap[batch[j] >> 6] |= bit;
+            }
         }
+        drawn = round_end;
     }
-    return found;
+    return drawn;
+}
+
+typedef struct {
+    const uint64_t *bitmap;
+    const float *source; /* gather: the dense x; scatter: the k values */
+    float *out;
+} bitmap_job;
+
+/* The number of set bits before `first` (a multiple of 64): the rank a part starts at. */
+static int64_t rank_before(const uint64_t *bitmap, int64_t first) {
+    int64_t rank = 0;
+    for (int64_t w = 0; w < first / 64; w++) rank += __builtin_popcountll(bitmap[w]);
+    return rank;
+}
+
+/* out[j] = x[j-th set index] (bound by the cache misses of the loads). */
+static void gather_range(void *context, int64_t first, int64_t last, int part) {
+    (void)part;
+    const bitmap_job *job = (const bitmap_job *)context;
+    float *out = job->out + rank_before(job->bitmap, first);
+    for (int64_t w = first / 64; w * 64 < last; w++)
+        for (uint64_t word = job->bitmap[w]; word; word &= word - 1) *out++ = job->source[64 * w + __builtin_ctzll(word)];
+}
+
+/* out[i] = values[j] at the j-th set index i, zero elsewhere. */
+static void scatter_range(void *context, int64_t first, int64_t last, int part) {
+    (void)part;
+    const bitmap_job *job = (const bitmap_job *)context;
+    const float *values = job->source + rank_before(job->bitmap, first);
+    for (int64_t w = first / 64; w * 64 < last; w++) {
+        int64_t end = 64 * w + 64 < last ? 64 * w + 64 : last;
+        memset(job->out + 64 * w, 0, (size_t)(end - 64 * w) * sizeof(float));
+        for (uint64_t word = job->bitmap[w]; word; word &= word - 1) job->out[64 * w + __builtin_ctzll(word)] = *values++;
+    }
+}
+
+void gossip_bitmap_gather(const uint64_t *bitmap, const float *x, int64_t d, float *out, int threads) {
+    bitmap_job job = {bitmap, x, out};
+    parallel_for(d, threads, gather_range, &job);
+}
+
+void gossip_bitmap_scatter(const uint64_t *bitmap, const float *values, int64_t d, float *out, int threads) {
+    bitmap_job job = {bitmap, values, out};
+    parallel_for(d, threads, scatter_range, &job);
 }
