@@ -347,32 +347,48 @@ def _check_bool(name: str, value: object) -> None:
 _TOPK_SAMPLE = 2**14
 
 
-def _topk_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest-magnitude entries of ``flat``: torch.topk's selection up to ties.
+def _magnitude_keys(x: torch.Tensor) -> torch.Tensor:
+    """The bits of ``|x|`` (fp32) as int32: ordered as the magnitudes, NaN above infinity."""
+    return x.view(torch.int32) & 0x7FFFFFFF
+
+
+def _largest_k(keys: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions, ascending, of the ``k`` largest of int32 ``keys``, ties to the lower position."""
+    kth = torch.topk(keys, k, sorted=False).values.min()
+    above = torch.gt(keys, kth)
+    ties = torch.eq(keys, kth).nonzero().squeeze(1)[: k - int(above.sum())]
+    return torch.sort(torch.cat([above.nonzero().squeeze(1), ties])).values
+
+
+def _topk_entries(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (ascending) and values of the ``k`` largest-magnitude entries of fp32 ``flat``
+    (NaN counting as largest), ties to the lower index.
 
     For large inputs with small k, a threshold no larger than the k-th largest magnitude is
-    estimated from a strided sample, and topk runs only on the entries not below it (NaN, which
-    topk ranks highest, stays a candidate), found chunk by chunk so that no |x| of the whole
-    tensor is allocated.  Too few candidates means the estimate was too high: full topk.
+    estimated from a strided sample, and the selection runs only on the entries not below it,
+    found chunk by chunk (or by the C kernels) so that no |x| of the whole tensor is allocated.
+    Too few candidates means the estimate was too high: the selection runs on all entries.
     """
     d = flat.numel()
-    if d < 4 * _TOPK_SAMPLE or 16 * k > d:
-        return torch.topk(flat.abs(), k, sorted=False).indices
-    sample = flat[:: d // _TOPK_SAMPLE].abs()
-    expected = k * sample.numel() / d
-    rank = min(sample.numel(), math.ceil(expected + 4 * math.sqrt(expected) + 4))
-    threshold = torch.topk(sample, rank, sorted=False).values.min()
-    if native.usable(flat):
-        candidates = native.topk_candidates(flat, float(threshold), 2 * k + 1024)
-    else:
-        candidates = torch.cat([
-            torch.lt(flat[start : start + _CHUNK].abs(), threshold).logical_not_().nonzero().squeeze(1) + start
-            for start in range(0, d, _CHUNK)
-        ])
-    if candidates.numel() < k:
-        return torch.topk(flat.abs(), k, sorted=False).indices
-    magnitudes = torch.index_select(flat, 0, candidates).abs_()  # index_select: faster than [] on CPU
-    return torch.index_select(candidates, 0, torch.topk(magnitudes, k, sorted=False).indices)
+    if d >= 4 * _TOPK_SAMPLE and 16 * k <= d:
+        sample = _magnitude_keys(flat[:: d // _TOPK_SAMPLE])
+        expected = k * sample.numel() / d
+        rank = min(sample.numel(), math.ceil(expected + 4 * math.sqrt(expected) + 4))
+        threshold = int(torch.topk(sample, rank, sorted=False).values.min())
+        if native.usable(flat):
+            selected = native.topk_select(flat, threshold, k, 2 * k + 1024)
+            if selected is not None:
+                return selected
+        else:
+            candidates = torch.cat([
+                torch.ge(_magnitude_keys(flat[start : start + _CHUNK]), threshold).nonzero().squeeze(1) + start
+                for start in range(0, d, _CHUNK)
+            ])
+            if candidates.numel() >= k:
+                indices = candidates[_largest_k(_magnitude_keys(torch.index_select(flat, 0, candidates)), k)]
+                return indices, torch.index_select(flat, 0, indices)
+    indices = _largest_k(_magnitude_keys(flat), k)
+    return indices, torch.index_select(flat, 0, indices)
 
 
 def _distinct_draws(d: int, k: int, seed: torch.Tensor) -> torch.Tensor:
@@ -521,10 +537,11 @@ class Sparsifier(Codec):
 class TopK(Sparsifier):
     """Keeps the k largest-magnitude entries (ChocoSGD's top-k).
 
-    Wire: k fp32 values, then their k int32 flat indices (8k bytes).  Decode
-    scatters the values into zeros.  The selection is torch.topk's up to ties
-    (ties in magnitude may be broken differently), found on a thresholded
-    subset when k is small (see ``_topk_indices``).
+    Wire: k fp32 values, then their k int32 flat indices (8k bytes), ascending.
+    The selection is torch.topk's of ``|x|`` with NaN counting as largest and
+    ties going to the lower index, found on a thresholded subset when k is small
+    (see ``_topk_entries``).  Decode scatters the values into zeros (in one pass
+    with the zero fill when the indices are ascending, as this encoder sends them).
     """
 
     name: ClassVar[str] = "topk"
@@ -536,15 +553,16 @@ class TopK(Sparsifier):
         if flat.numel() > _INT32_MAX:
             raise ValueError(f"topk indices are int32; {flat.numel()} elements is too many")
         k = self.k_for(flat.numel())
-        indices = _topk_indices(flat, k)
-        out[: 4 * k].copy_(_as_bytes(torch.index_select(flat, 0, indices)))
+        indices, values = _topk_entries(flat, k)
+        out[: 4 * k].copy_(_as_bytes(values))
         out[4 * k :].copy_(_as_bytes(indices.to(torch.int32)))
 
     def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
         k = self.k_for(out.numel())
         values = _from_bytes(wire[: 4 * k], torch.float32)
-        indices = _from_bytes(wire[4 * k :], torch.int32).long()
-        out.zero_().scatter_(0, indices, values)
+        indices = _from_bytes(wire[4 * k :], torch.int32)
+        if not (native.usable(values, indices, out) and native.sparse_scatter(indices, values, out)):
+            out.zero_().scatter_(0, indices.long(), values)
 
 
 @dataclass(frozen=True, repr=False)

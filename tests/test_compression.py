@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gossip.compression import Codec, build, pack_bits, unpack_bits
-from gossip.compression import _distinct_draws, _topk_indices
+from gossip import native
+from gossip.compression import _distinct_draws, _topk_entries
 
 SIZES = [1, 7, 13, 64, 1000]
 
@@ -238,23 +239,27 @@ def topk_inputs() -> dict[str, torch.Tensor]:
     huge = torch.randn(TOPK_D, generator=gen(12))
     huge[123] = 1e30
     ties = torch.randint(-3, 4, (TOPK_D,), generator=gen(13)).float()
+    nan = x.clone()
+    nan[[7, 70, 700]] = float("nan")
     return {"random": x, "sorted": x.abs().sort().values, "descending": -x.abs().sort().values,
-            "constant": torch.full((TOPK_D,), 0.5), "ties": ties, "huge": huge,
+            "constant": torch.full((TOPK_D,), 0.5), "ties": ties, "huge": huge, "nan": nan,
             "zeros-and-one": torch.zeros(TOPK_D).index_fill_(0, torch.tensor([5]), -2.0)}
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["native", "torch"])
 @pytest.mark.parametrize("name", list(topk_inputs()))
-@pytest.mark.parametrize("k", [1, 700, 4375])
-def test_topk_fast_path_matches_torch_topk(name: str, k: int) -> None:
+@pytest.mark.parametrize("k", [1, 700, 4375, 30_000])  # 30,000: beyond the thresholded path
+def test_topk_selects_the_largest_magnitudes_ties_to_the_lower_index(
+    name: str, k: int, kernels: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not kernels:
+        monkeypatch.setattr(native, "usable", lambda *tensors: False)
     x = topk_inputs()[name]
-    chosen = _topk_indices(x, k)
-    expected = torch.topk(x.abs(), k).values
-    assert chosen.unique().numel() == k
-    assert torch.equal(x[chosen].abs().sort(descending=True).values, expected)
-    # the index set equals torch.topk's except among entries tied with the k-th magnitude
-    kth = expected[-1]
-    strict = (x.abs() > kth).nonzero().flatten()
-    assert set(strict.tolist()) <= set(chosen.tolist())
+    indices, values = _topk_entries(x, k)
+    # a stable sort keeps the lower index first among equal magnitudes; NaN sorts above all
+    expected = torch.sort(torch.sort(x.abs(), descending=True, stable=True).indices[:k]).values
+    assert torch.equal(indices.long(), expected)
+    assert torch.equal(values.nan_to_num(), x[expected].nan_to_num())
 
 
 @pytest.mark.parametrize("d, k", [(1000, 10), (1000, 250), (100_000, 1000), (50, 1)])

@@ -93,10 +93,13 @@ def test_rounding_noise_is_splitmix64_in_int16_lanes(seed: int) -> None:
 
 
 @needs_native
-def test_topk_candidates_beyond_the_capacity_guess() -> None:
+def test_topk_select_beyond_the_capacity_guess_and_below_k() -> None:
     x = torch.randn(70_000, generator=torch.Generator().manual_seed(1))
-    found = native.topk_candidates(x, 1.0, capacity=10)
-    assert torch.equal(found, (x.abs() >= 1.0).nonzero().flatten())
+    threshold = int(compression._magnitude_keys(torch.tensor([1.0])))
+    indices, values = native.topk_select(x, threshold, 5, capacity=10)
+    expected = torch.sort(torch.topk(x.abs(), 5).indices).values
+    assert torch.equal(indices.long(), expected) and torch.equal(values, x[expected])
+    assert native.topk_select(x, threshold, 70_000, capacity=10) is None  # too few candidates
 
 
 @pytest.mark.parametrize("seed", [0, 2**63 - 1])

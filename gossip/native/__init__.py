@@ -33,14 +33,15 @@ __all__ = [
     "QSGD",
     "SIGN",
     "available",
-    "build",
-    "cpu_isa",
     "bitmap_gather",
     "bitmap_scatter",
+    "build",
+    "cpu_isa",
     "lookup_decode",
     "quantize_pack",
     "randomk_bitmap",
-    "topk_candidates",
+    "sparse_scatter",
+    "topk_select",
     "usable",
 ]
 
@@ -65,7 +66,8 @@ _i64, _u64, _int, _f32, _ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ct
 _SIGNATURES = {
     "gossip_quantize_pack": (ctypes.c_double, [_ptr, _i64, _int, _int, _f32, _f32, _u64, _ptr, _ptr, _int]),
     "gossip_lookup_decode": (None, [_ptr, _i64, _int, _ptr, _ptr, _int]),
-    "gossip_topk_candidates": (_i64, [_ptr, _i64, _f32, _ptr, _i64, _int]),
+    "gossip_topk_select": (_i64, [_ptr, _i64, ctypes.c_uint32, _i64, _ptr, _ptr, _i64, _ptr, _ptr, _int]),
+    "gossip_sparse_scatter": (_int, [_ptr, _ptr, _i64, _i64, _ptr, _int]),
     "gossip_randomk_bitmap": (_i64, [_u64, _i64, _i64, _ptr]),
     "gossip_bitmap_gather": (None, [_ptr, _ptr, _i64, _ptr, _int]),
     "gossip_bitmap_scatter": (None, [_ptr, _ptr, _i64, _ptr, _int]),
@@ -173,15 +175,28 @@ def lookup_decode(wire: torch.Tensor, bits: int, table: torch.Tensor, out: torch
                                     _threads())
 
 
-def topk_candidates(x: torch.Tensor, threshold: float, capacity: int) -> torch.Tensor:
-    """The indices, ascending (int64), of the entries of ``x`` whose magnitude is not below
-    ``threshold`` (NaN included); ``capacity`` is a guess of their number."""
-    out = torch.empty(capacity, dtype=torch.int64)
-    found = _library().gossip_topk_candidates(x.data_ptr(), x.numel(), threshold, out.data_ptr(), capacity,
-                                              _threads())
+def topk_select(x: torch.Tensor, threshold: int, k: int, capacity: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The indices (int32, ascending) and values of the ``k`` entries of fp32 ``x`` with the largest
+    magnitude keys (``compression._magnitude_keys``), ties to the lower index, found among the
+    candidates whose key is not below ``threshold``; None when fewer than ``k`` are.  ``capacity``
+    is a guess of the candidates' number."""
+    indices, values = torch.empty(capacity, dtype=torch.int32), torch.empty(capacity)
+    out_indices, out_values = torch.empty(k, dtype=torch.int32), torch.empty(k)
+    found = _library().gossip_topk_select(x.data_ptr(), x.numel(), threshold, k, indices.data_ptr(),
+                                          values.data_ptr(), capacity, out_indices.data_ptr(),
+                                          out_values.data_ptr(), _threads())
+    if found < k:
+        return None
     if found > capacity:
-        return topk_candidates(x, threshold, found)
-    return out[:found]
+        return topk_select(x, threshold, k, found)
+    return out_indices, out_values
+
+
+def sparse_scatter(indices: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> bool:
+    """``out`` (fp32) := zeros with ``values`` at int32 ``indices``; False, writing nothing, unless the
+    indices are strictly ascending and in range."""
+    return bool(_library().gossip_sparse_scatter(indices.data_ptr(), values.data_ptr(), indices.numel(),
+                                                 out.numel(), out.data_ptr(), _threads()))
 
 
 def randomk_bitmap(d: int, k: int, seed: int) -> torch.Tensor:

@@ -314,47 +314,95 @@ void gossip_lookup_decode(const uint8_t *wire, int64_t count, int bits, const fl
 }
 
 /* ----------------------------------------------------------------------------------------------
- * Top-k candidates: the indices i, ascending, with !(|x[i]| < threshold) (NaN included).
+ * Top-k: the k entries of largest magnitude key (the bits of |x| as a uint32: the order of |x|,
+ * NaN above infinity), ties to the lower index, ascending, as compression._largest_k selects them.
+ * Candidates are the entries whose key is not below a threshold key; they are found in two
+ * passes (count per part, then write at the part's offset), and the k-th largest key among them
+ * by a radix select of 11, 11 and 10 bits.
  * -------------------------------------------------------------------------------------------- */
+INLINE uint32_t magnitude_key(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, 4);
+    return bits & 0x7FFFFFFFu;
+}
+
 typedef struct {
     const float *x;
-    float threshold;
-    int64_t *out;
+    uint32_t threshold;
+    int32_t *indices;
+    float *values;
     int64_t found[MAX_THREADS], offset[MAX_THREADS];
     int counting;
 } candidates_job;
 
+/* Whether any of x[0, 16) is a candidate: a vector compare, its lanes ORed as eight words. */
+typedef uint32_t keys16 __attribute__((vector_size(64)));
+INLINE int any_candidate(const float *x, uint32_t threshold) {
+    keys16 keys;
+    memcpy(&keys, x, sizeof keys);
+    keys16 hit = (keys16)((keys & 0x7FFFFFFFu) >= threshold);
+    uint64_t words[8], any = 0;
+    memcpy(words, &hit, sizeof words);
+    for (int w = 0; w < 8; w++) any |= words[w];
+    return any != 0;
+}
+
 static void candidates_range(void *context, int64_t first, int64_t last, int part) {
     candidates_job *job = (candidates_job *)context;
     const float *x = job->x;
-    float threshold = job->threshold;
-    if (job->counting) {
+    uint32_t threshold = job->threshold;
+    if (job->counting) { /* int32 sums per block vectorise without widening */
         int64_t found = 0;
-        for (int64_t i = first; i < last; i++) found += !(fabsf(x[i]) < threshold);
+        for (int64_t block = first; block < last; block += BLOCK) {
+            int32_t hits = 0;
+            for (int64_t i = block; i < (block + BLOCK < last ? block + BLOCK : last); i++)
+                hits += magnitude_key(x[i]) >= threshold;
+            found += hits;
+        }
         job->found[part] = found;
         return;
     }
-    int64_t *out = job->out + job->offset[part];
-    int64_t i = first;
-    for (; i + 8 <= last; i += 8) { /* most groups of eight hold no candidate: test them at once */
-        int hit = 0;
-        for (int j = 0; j < 8; j++) hit |= !(fabsf(x[i + j]) < threshold);
-        if (hit)
-            for (int j = 0; j < 8; j++)
-                if (!(fabsf(x[i + j]) < threshold)) *out++ = i + j;
-    }
+    int64_t at = job->offset[part], i = first;
+    for (; i + 16 <= last; i += 16) /* most groups hold no candidate */
+        if (any_candidate(x + i, threshold))
+            for (int j = 0; j < 16; j++)
+                if (magnitude_key(x[i + j]) >= threshold) job->indices[at] = (int32_t)(i + j), job->values[at++] = x[i + j];
     for (; i < last; i++)
-        if (!(fabsf(x[i]) < threshold)) *out++ = i;
+        if (magnitude_key(x[i]) >= threshold) job->indices[at] = (int32_t)i, job->values[at++] = x[i];
 }
 
-/* Returns the number of candidates; writes them only when they fit in `capacity`. */
-int64_t gossip_topk_candidates(const float *x, int64_t count, float threshold, int64_t *out, int64_t capacity,
-                               int threads) {
+/* The key of rank k (1 = largest) among the keys of `values`; *ties_taken := how many entries with
+ * that key are among the k largest. */
+static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, int64_t *ties_taken) {
+    static const int shifts[3] = {21, 10, 0}, widths[3] = {11, 11, 10};
+    uint32_t prefix = 0;
+    int64_t needed = k;
+    for (int pass = 0; pass < 3; pass++) {
+        int64_t counts[2048] = {0};
+        int shift = shifts[pass];
+        uint32_t fixed = pass == 0 ? 0 : ~0u << (shift + widths[pass]); /* bits already decided */
+        for (int64_t i = 0; i < count; i++) {
+            uint32_t key = magnitude_key(values[i]);
+            if ((key & fixed) == prefix) counts[(key >> shift) & ((1u << widths[pass]) - 1)]++;
+        }
+        int bin = (1 << widths[pass]) - 1;
+        for (; bin > 0 && counts[bin] < needed; bin--) needed -= counts[bin];
+        prefix |= (uint32_t)bin << shift;
+    }
+    *ties_taken = needed;
+    return prefix;
+}
+
+/* Returns the number of candidates; writes the k selected (indices ascending) into out_indices and
+ * out_values only when the candidates fit in `capacity` and are at least k. */
+int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, int64_t k, int32_t *indices,
+                           float *values, int64_t capacity, int32_t *out_indices, float *out_values, int threads) {
     candidates_job job;
     memset(&job, 0, sizeof job);
     job.x = x;
     job.threshold = threshold;
-    job.out = out;
+    job.indices = indices;
+    job.values = values;
     job.counting = 1;
     parallel_for(count, threads, candidates_range, &job);
     int64_t total = 0;
@@ -362,10 +410,55 @@ int64_t gossip_topk_candidates(const float *x, int64_t count, float threshold, i
         job.offset[p] = total;
         total += job.found[p];
     }
-    if (total > capacity) return total;
+    if (total > capacity || total < k) return total;
     job.counting = 0;
     parallel_for(count, threads, candidates_range, &job);
+    int64_t ties;
+    uint32_t kth = kth_largest_key(values, total, k, &ties);
+    for (int64_t i = 0, taken = 0; i < total; i++) {
+        uint32_t key = magnitude_key(values[i]);
+        if (key > kth || (key == kth && ties-- > 0)) out_indices[taken] = indices[i], out_values[taken++] = values[i];
+    }
     return total;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Sparse decode: out := zeros with values[j] at indices[j], for indices strictly ascending in
+ * [0, count); each part finds its first index by bisection and fills the gaps with zeros.
+ * -------------------------------------------------------------------------------------------- */
+typedef struct {
+    const int32_t *indices;
+    const float *values;
+    int64_t k;
+    float *out;
+} sparse_job;
+
+static void sparse_range(void *context, int64_t first, int64_t last, int part) {
+    (void)part;
+    const sparse_job *job = (const sparse_job *)context;
+    int64_t low = 0, high = job->k; /* the first j with indices[j] >= first */
+    while (low < high) {
+        int64_t middle = (low + high) / 2;
+        if (job->indices[middle] < first) low = middle + 1;
+        else high = middle;
+    }
+    int64_t at = first;
+    for (int64_t j = low; j < job->k && job->indices[j] < last; j++) {
+        memset(job->out + at, 0, (size_t)(job->indices[j] - at) * sizeof(float));
+        job->out[job->indices[j]] = job->values[j];
+        at = job->indices[j] + 1;
+    }
+    memset(job->out + at, 0, (size_t)(last - at) * sizeof(float));
+}
+
+/* Returns 0, writing nothing, unless the indices are strictly ascending in [0, count). */
+int gossip_sparse_scatter(const int32_t *indices, const float *values, int64_t k, int64_t count, float *out,
+                          int threads) {
+    for (int64_t j = 0; j < k; j++)
+        if (indices[j] < 0 || indices[j] >= count || (j > 0 && indices[j] <= indices[j - 1])) return 0;
+    sparse_job job = {indices, values, k, out};
+    parallel_for(count, threads, sparse_range, &job);
+    return 1;
 }
 
 /* ----------------------------------------------------------------------------------------------
