@@ -2,7 +2,7 @@
 
 The codecs in :mod:`gossip.compression` are written in torch ops, which on a CPU means several
 passes over memory per encode.  When a C compiler is present, this module builds ``codecs.c`` once
-per source version into a cache folder and the codecs call its fused kernels on contiguous CPU
+per source version and instruction set into a cache folder and the codecs call its fused kernels on contiguous CPU
 tensors instead; the results are the same bytes (tests compare both paths).  Without a compiler,
 or with ``GOSSIP_NATIVE=0`` in the environment, everything runs on the torch path.
 
