@@ -669,7 +669,7 @@ class QSGD(Codec):
     error.  Decode:
     ``sign * level * ||x||_2 / s``; a zero norm gives all zeros.
 
-    Wire: fp32 ``||x||_2``, then per entry a code ``2 * level + (x < 0)`` of
+    Wire: fp32 ``||x||_2`` (the square root of a float64 sum of squares), then per entry a code ``2 * level + (x < 0)`` of
     b = ceil(log2(s+1)) + 1 bits packed by :func:`pack_bits`:
     4 + ceil(d*b/8) bytes.  ``levels`` is limited to 1..127 so that b <= 8.
     """
@@ -691,7 +691,13 @@ class QSGD(Codec):
 
     def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
         top = self.levels * _ROUNDING_STEPS
-        norm = torch.linalg.vector_norm(flat)
+        # ||x||_2 from a float64 sum of squares on both paths (the same up to the order of a double sum)
+        if native.usable(flat):
+            norm = torch.tensor(math.sqrt(native.square_sum(flat)), dtype=torch.float32)
+        else:
+            chunks = (flat[start : start + _CHUNK] for start in range(0, flat.numel(), _CHUNK))
+            squares = sum(chunk.to(torch.float64).square_().sum() for chunk in chunks)
+            norm = torch.as_tensor(squares, dtype=torch.float64, device=flat.device).sqrt().to(torch.float32)
         out[:4].copy_(_as_bytes(norm.reshape(1)))
         # 2^16 s / norm; 0 for a zero norm (x == 0: levels 0); finite even for a subnormal norm
         factor = torch.where(norm > 0, top / norm, 0.0).clamp_(max=torch.finfo(torch.float32).max)

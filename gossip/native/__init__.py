@@ -41,6 +41,7 @@ __all__ = [
     "quantize_pack",
     "randomk_bitmap",
     "sparse_scatter",
+    "square_sum",
     "topk_select",
     "usable",
 ]
@@ -65,6 +66,7 @@ SIGN, QSGD, MONIQUA = 0, 1, 2  # the kinds of gossip_quantize_pack
 _i64, _u64, _int, _f32, _ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
 _SIGNATURES = {
     "gossip_quantize_pack": (ctypes.c_double, [_ptr, _i64, _int, _int, _f32, _f32, _u64, _ptr, _ptr, _int]),
+    "gossip_square_sum": (ctypes.c_double, [_ptr, _i64, _ptr, _int]),
     "gossip_lookup_decode": (None, [_ptr, _i64, _int, _ptr, _ptr, _int]),
     "gossip_topk_select": (_i64, [_ptr, _i64, ctypes.c_uint32, _i64, _ptr, _ptr, _i64, _ptr, _ptr, _int]),
     "gossip_sparse_scatter": (_int, [_ptr, _ptr, _i64, _i64, _ptr, _int]),
@@ -166,6 +168,12 @@ def quantize_pack(x: torch.Tensor, kind: int, bits: int, scale: float, offset: f
     sums = torch.empty(-(-x.numel() // BLOCK), dtype=torch.float64) if kind == SIGN else None  # kept alive
     return _library().gossip_quantize_pack(x.data_ptr(), x.numel(), kind, bits, scale, offset, seed,
                                            out.data_ptr(), None if sums is None else sums.data_ptr(), _threads())
+
+
+def square_sum(x: torch.Tensor) -> float:
+    """The sum of ``x**2`` (fp32 ``x``) accumulated in double."""
+    sums = torch.empty(-(-x.numel() // BLOCK), dtype=torch.float64)
+    return _library().gossip_square_sum(x.data_ptr(), x.numel(), sums.data_ptr(), _threads())
 
 
 def lookup_decode(wire: torch.Tensor, bits: int, table: torch.Tensor, out: torch.Tensor) -> None:

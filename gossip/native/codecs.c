@@ -197,6 +197,11 @@ INLINE void add_abs(double sums[8], const float *v) {
     for (int l = 0; l < 8; l++) sums[l] = lane[l];
 }
 
+/* The eight lanes of a block's sums added pairwise. */
+INLINE double lanes_total(const double sums[8]) {
+    return ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]));
+}
+
 /* Blocks of BLOCK elements; for SIGN, also each block's sum of |x| (8 double lanes, element i
  * into lane i % 8, the lanes added pairwise): a fixed order, whatever the thread split. */
 INLINE void quantize_lanes(const quantize_job *job, int64_t first, int64_t last, int kind, int bits) {
@@ -221,9 +226,7 @@ INLINE void quantize_lanes(const quantize_job *job, int64_t first, int64_t last,
             memcpy(out + group / 8 * bits, packed, (size_t)((used + 7) / 8));
             if (kind == SIGN) add_abs(sums, padded);
         }
-        if (kind == SIGN)
-            job->abs_sums[block / BLOCK] = ((sums[0] + sums[1]) + (sums[2] + sums[3])) +
-                                           ((sums[4] + sums[5]) + (sums[6] + sums[7]));
+        if (kind == SIGN) job->abs_sums[block / BLOCK] = lanes_total(sums);
     }
 }
 
@@ -256,6 +259,37 @@ double gossip_quantize_pack(const float *x, int64_t count, int kind, int bits, f
     double total = 0.0;
     if (kind == SIGN)
         for (int64_t b = 0; b < (count + BLOCK - 1) / BLOCK; b++) total += abs_sums[b];
+    return total;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * QSGD's squared 2-norm: sum of x^2 in double, per block in 8 lanes (element i into lane i % 8),
+ * blocks added in order, whatever the thread split.
+ * -------------------------------------------------------------------------------------------- */
+typedef struct {
+    const float *x;
+    double *block_sums;
+} squares_job;
+
+static void squares_range(void *context, int64_t first, int64_t last, int part) {
+    (void)part;
+    const squares_job *job = (const squares_job *)context;
+    for (int64_t block = first; block < last; block += BLOCK) {
+        int64_t end = block + BLOCK < last ? block + BLOCK : last, i = block;
+        double sums[8] = {0};
+        for (; i + 8 <= end; i += 8)
+            for (int l = 0; l < 8; l++) sums[l] += (double)job->x[i + l] * (double)job->x[i + l];
+        for (int l = 0; i < end; i++, l++) sums[l] += (double)job->x[i] * (double)job->x[i];
+        job->block_sums[block / BLOCK] = lanes_total(sums);
+    }
+}
+
+/* `block_sums` holds ceil(count / BLOCK) doubles. */
+double gossip_square_sum(const float *x, int64_t count, double *block_sums, int threads) {
+    squares_job job = {x, block_sums};
+    parallel_for(count, threads, squares_range, &job);
+    double total = 0.0;
+    for (int64_t b = 0; b < (count + BLOCK - 1) / BLOCK; b++) total += block_sums[b];
     return total;
 }
 
