@@ -306,11 +306,13 @@ typedef struct {
 } lookup_job;
 
 INLINE void lookup_bytes(const lookup_job *job, int64_t first, int64_t last, int per_byte) {
-    const uint8_t *wire = job->wire;
+    const uint8_t *wire = job->wire + first / per_byte; /* first: a multiple of BLOCK */
     const float *rows = job->byte_table;
-    float *out = job->out;
-    for (int64_t i = first; i < last; i += per_byte)
-        memcpy(out + i, rows + per_byte * wire[i / per_byte], (size_t)per_byte * sizeof(float));
+    float *out = job->out + first;
+    int64_t bytes = (last - first) / per_byte;
+#pragma GCC unroll 8
+    for (int64_t b = 0; b < bytes; b++)
+        memcpy(out + b * per_byte, rows + per_byte * wire[b], (size_t)per_byte * sizeof(float));
 }
 
 static void lookup_range(void *context, int64_t first, int64_t last, int part) {
