@@ -93,13 +93,23 @@ def test_rounding_noise_is_splitmix64_in_int16_lanes(seed: int) -> None:
 
 
 @needs_native
-def test_topk_select_beyond_the_capacity_guess_and_below_k() -> None:
-    x = torch.randn(70_000, generator=torch.Generator().manual_seed(1))
-    threshold = int(compression._magnitude_keys(torch.tensor([1.0])))
-    indices, values = native.topk_select(x, threshold, 5, capacity=10)
-    expected = torch.sort(torch.topk(x.abs(), 5).indices).values
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("capacity", [10, 60, 1000])  # 60: one part's share overflows, the whole fits
+def test_topk_select_for_any_capacity_guess(isa: str, capacity: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "_library", lambda: native._load(isa))
+    x = torch.rand(70_000, generator=torch.Generator().manual_seed(1))  # two parts: 2^16 and the rest
+    x[torch.arange(20) * 1000] += 2.0  # 20 candidates, all in the first part
+    threshold = int(compression._magnitude_keys(torch.tensor([1.5])))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        indices, values = native.topk_select(x, threshold, 5, capacity)
+        too_few = native.topk_select(x, threshold, 21, capacity)
+    finally:
+        torch.set_num_threads(previous)
+    expected = torch.sort(torch.topk(x, 5).indices).values
     assert torch.equal(indices.long(), expected) and torch.equal(values, x[expected])
-    assert native.topk_select(x, threshold, 70_000, capacity=10) is None  # too few candidates
+    assert too_few is None
 
 
 @pytest.mark.parametrize("seed", [0, 2**63 - 1])

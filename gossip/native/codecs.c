@@ -12,6 +12,9 @@
  */
 #include <math.h>
 #include <pthread.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -369,7 +372,9 @@ typedef struct {
     uint32_t threshold;
     int32_t *indices;
     float *values;
-    int64_t found[MAX_THREADS], offset[MAX_THREADS];
+    /* per part: the slots it writes from and up to (write), and the candidates it found (-1 when
+     * they did not fit) */
+    int64_t offset[MAX_THREADS], limit[MAX_THREADS], found[MAX_THREADS];
     int counting;
 } candidates_job;
 
@@ -400,13 +405,35 @@ static void candidates_range(void *context, int64_t first, int64_t last, int par
         job->found[part] = found;
         return;
     }
-    int64_t at = job->offset[part], i = first;
+    int64_t at = job->offset[part], limit = job->limit[part], i = first;
+    job->found[part] = -1;
+#if defined(__AVX512F__) /* the hits of each group of 16, compressed */
+    const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF), bound = _mm512_set1_epi32((int32_t)threshold);
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (; i + 16 <= last; i += 16) {
+        __m512 group = _mm512_loadu_ps(x + i);
+        __mmask16 hits = _mm512_cmpge_epu32_mask(_mm512_and_si512(_mm512_castps_si512(group), magnitude), bound);
+        if (!hits) continue;
+        if (at + 16 > limit) return; /* the stores below write 16 slots, the hits first */
+        _mm512_storeu_si512(job->indices + at, _mm512_maskz_compress_epi32(hits, _mm512_add_epi32(_mm512_set1_epi32((int32_t)i), lanes)));
+        _mm512_storeu_ps(job->values + at, _mm512_maskz_compress_ps(hits, group));
+        at += __builtin_popcount(hits);
+    }
+#else
     for (; i + 16 <= last; i += 16) /* most groups hold no candidate */
         if (any_candidate(x + i, threshold))
             for (int j = 0; j < 16; j++)
-                if (magnitude_key(x[i + j]) >= threshold) job->indices[at] = (int32_t)(i + j), job->values[at++] = x[i + j];
+                if (magnitude_key(x[i + j]) >= threshold) {
+                    if (at == limit) return;
+                    job->indices[at] = (int32_t)(i + j), job->values[at++] = x[i + j];
+                }
+#endif
     for (; i < last; i++)
-        if (magnitude_key(x[i]) >= threshold) job->indices[at] = (int32_t)i, job->values[at++] = x[i];
+        if (magnitude_key(x[i]) >= threshold) {
+            if (at == limit) return;
+            job->indices[at] = (int32_t)i, job->values[at++] = x[i];
+        }
+    job->found[part] = at - job->offset[part];
 }
 
 /* The key of rank k (1 = largest) among the keys of `values`; *ties_taken := how many entries with
@@ -431,8 +458,13 @@ static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, i
     return prefix;
 }
 
-/* Returns the number of candidates; writes the k selected (indices ascending) into out_indices and
- * out_values only when the candidates fit in `capacity` and are at least k. */
+/* Slots a part's share of the candidate buffer has beyond its candidates (a whole vector store). */
+#define SLACK 16
+
+/* Returns the number of candidates, or more when they do not fit in `capacity` less SLACK slots per
+ * thread; writes the k selected (indices ascending) into out_indices and out_values only when
+ * they fit and are at least k.  One read of x when each part's candidates fit in an equal share of
+ * the capacity; else a count first, and shares of the counted sizes. */
 int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, int64_t k, int32_t *indices,
                            float *values, int64_t capacity, int32_t *out_indices, float *out_values, int threads) {
     candidates_job job;
@@ -441,16 +473,30 @@ int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, in
     job.threshold = threshold;
     job.indices = indices;
     job.values = values;
-    job.counting = 1;
+    int parts = parts_for(count, threads), fitted = 1;
+    for (int p = 0; p < parts; p++) job.offset[p] = capacity * p / parts, job.limit[p] = capacity * (p + 1) / parts;
     parallel_for(count, threads, candidates_range, &job);
+    for (int p = 0; p < parts; p++) fitted &= job.found[p] >= 0;
+    if (!fitted) {
+        job.counting = 1;
+        parallel_for(count, threads, candidates_range, &job);
+        int64_t needed = 0;
+        for (int p = 0; p < parts; p++) {
+            job.offset[p] = needed;
+            needed += job.found[p] + SLACK;
+            job.limit[p] = needed;
+        }
+        if (needed > capacity) return needed;
+        job.counting = 0;
+        parallel_for(count, threads, candidates_range, &job);
+    }
     int64_t total = 0;
-    for (int p = 0; p < parts_for(count, threads); p++) {
-        job.offset[p] = total;
+    for (int p = 0; p < parts; p++) { /* close up the parts' shares */
+        memmove(indices + total, indices + job.offset[p], (size_t)job.found[p] * sizeof(int32_t));
+        memmove(values + total, values + job.offset[p], (size_t)job.found[p] * sizeof(float));
         total += job.found[p];
     }
-    if (total > capacity || total < k) return total;
-    job.counting = 0;
-    parallel_for(count, threads, candidates_range, &job);
+    if (total < k) return total;
     int64_t ties;
     uint32_t kth = kth_largest_key(values, total, k, &ties);
     for (int64_t i = 0, taken = 0; i < total; i++) {
