@@ -1,5 +1,8 @@
 """Tests for gossip.native: the C kernels write the same bytes as the torch path of every codec."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -125,6 +128,29 @@ def test_randomk_bitmap_holds_the_torch_paths_index_set(d: int, k: int) -> None:
     bitmap = native.randomk_bitmap(d, k, seed=7)
     bits = (bitmap.unsqueeze(1) >> torch.arange(64)) & 1
     assert torch.equal(bits.flatten().nonzero().flatten(), compression._distinct_draws(d, k, torch.tensor(7)))
+
+
+@needs_native
+def test_without_openmp_the_kernels_run_on_posix_threads(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "OPENMP", ("-fno-such-openmp-flag",))  # the compiler rejects it
+    library = native._open(native.build(cache_dir=tmp_path))
+    x = torch.rand(3 * 2**16 + 5, generator=torch.Generator().manual_seed(2)).sub_(0.5)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = [messages(codec, x, seed=1) for codec in CODECS]
+        monkeypatch.setattr(native, "_library", lambda: library)
+        found = [messages(codec, x, seed=1) for codec in CODECS]
+    finally:
+        torch.set_num_threads(previous)
+    assert all(torch.equal(a, b) for pair in zip(expected, found) for a, b in zip(*pair))
+
+
+@needs_native
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_openmp_kernels_share_torchs_libgomp() -> None:
+    mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
+    assert len(mapped) <= 1, mapped  # one OpenMP runtime in the process, torch's
 
 
 def test_build_names_a_missing_compiler(tmp_path) -> None:

@@ -50,6 +50,9 @@ SOURCE = Path(__file__).with_name("codecs.c")
 #: No fast-math and no contraction into fused multiply-adds: the kernels must round exactly as
 #: the torch ops they replace, whatever the vector width.
 FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-fast-math")
+#: Threads from OpenMP: the loader gives the library the libgomp torch already loaded, so the kernels
+#: run on torch's thread pool instead of competing with its spinning threads (tried first).
+OPENMP = ("-fopenmp",)
 #: Extra flags per instruction set, named as torch.backends.cpu.get_cpu_capability() names them
 #: (lower case).  A library is built for the set this CPU has, never with -march=native, so a
 #: cache folder shared by a cluster holds one library per set and each CPU loads one it can run.
@@ -90,14 +93,22 @@ def cpu_isa() -> str:
 
 def build(compiler: str | None = None, cache_dir: Path | None = None, isa: str | None = None) -> Path:
     """Compile ``codecs.c`` for ``isa`` (default: this CPU's) into the cache folder, once per
-    source, flags and compiler, and return the library's path.  Raises RuntimeError with the
-    compiler's message when it fails."""
+    source, flags and compiler, and return the library's path: with OpenMP where the compiler
+    has it, else with POSIX threads.  Raises RuntimeError with the compiler's message when both
+    fail."""
     compiler = compiler or os.environ.get("CC") or "cc"
     isa = isa or cpu_isa()
-    flags = (*FLAGS, *ISA_FLAGS[isa])
+    folder = cache_dir or _cache_dir()
+    try:
+        return _compile(compiler, (*FLAGS, *ISA_FLAGS[isa], *OPENMP), folder, isa)
+    except RuntimeError:
+        return _compile(compiler, (*FLAGS, *ISA_FLAGS[isa]), folder, isa)
+
+
+def _compile(compiler: str, flags: tuple[str, ...], folder: Path, isa: str) -> Path:
+    """The library built from ``codecs.c`` with ``flags``, compiled unless cached."""
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + repr((flags, compiler, sys.platform)).encode()).hexdigest()[:16]
-    folder = cache_dir or _cache_dir()
     library = folder / f"gossip-codecs-{isa}-{key}.so"
     if library.exists():
         return library
@@ -132,10 +143,15 @@ def _library() -> ctypes.CDLL | None:
 def _load(isa: str) -> ctypes.CDLL | None:
     """The kernels built for ``isa``, or None (no compiler: warned once)."""
     try:
-        library = ctypes.CDLL(str(build(isa=isa)))
+        return _open(build(isa=isa))
     except (RuntimeError, OSError) as error:
         warnings.warn(f"gossip: fused codec kernels unavailable, using torch ops ({error})", stacklevel=3)
         return None
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    """The library at ``path``, its functions' signatures declared."""
+    library = ctypes.CDLL(str(path))
     for name, (result, arguments) in _SIGNATURES.items():
         function = getattr(library, name)
         function.restype, function.argtypes = result, arguments

@@ -22,10 +22,21 @@
 #define MAX_THREADS 64
 
 /* ----------------------------------------------------------------------------------------------
- * Threads: run body(context, first, last) over [0, count) split into `threads` ranges of whole
- * blocks.  Small inputs run on the calling thread.
+ * Threads: run body(context, first, last, part) over [0, count) split into `threads` parts of whole
+ * blocks.  Built with OpenMP (-fopenmp), the parts run on the process's OpenMP pool, which is
+ * torch's own (the loader reuses the libgomp torch loaded): no threads to start, and none left
+ * spinning against ours after a torch op.  Without OpenMP, on POSIX threads started per call.
+ * Small inputs run on the calling thread.
  * -------------------------------------------------------------------------------------------- */
 typedef void (*range_body)(void *context, int64_t first, int64_t last, int part);
+
+/* Number of parts parallel_for splits `count` elements into (at least one block each). */
+static int parts_for(int64_t count, int threads) {
+    int64_t blocks = (count + BLOCK - 1) / BLOCK;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads < 1) threads = 1;
+    return blocks < threads ? (blocks < 1 ? 1 : (int)blocks) : threads;
+}
 
 typedef struct {
     range_body body;
@@ -40,24 +51,20 @@ static void *run_task(void *argument) {
     return NULL;
 }
 
-/* Number of parts parallel_for splits `count` elements into (at least one block each). */
-static int parts_for(int64_t count, int threads) {
-    int64_t blocks = (count + BLOCK - 1) / BLOCK;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads < 1) threads = 1;
-    return blocks < threads ? (blocks < 1 ? 1 : (int)blocks) : threads;
-}
-
 static void parallel_for(int64_t count, int threads, range_body body, void *context) {
     int parts = parts_for(count, threads);
     int64_t blocks = (count + BLOCK - 1) / BLOCK;
     range_task tasks[MAX_THREADS];
-    pthread_t handles[MAX_THREADS];
-    int started[MAX_THREADS];
     for (int p = 0; p < parts; p++) {
         int64_t first = blocks * p / parts * BLOCK, last = blocks * (p + 1) / parts * BLOCK;
         tasks[p] = (range_task){body, context, first, last < count ? last : count, p};
     }
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
+    for (int p = 0; p < parts; p++) run_task(&tasks[p]);
+#else
+    pthread_t handles[MAX_THREADS];
+    int started[MAX_THREADS];
     for (int p = 1; p < parts; p++)
         started[p] = pthread_create(&handles[p], NULL, run_task, &tasks[p]) == 0;
     run_task(&tasks[0]);
@@ -67,6 +74,7 @@ static void parallel_for(int64_t count, int threads, range_body body, void *cont
         else
             run_task(&tasks[p]); /* no thread to spare: do it here */
     }
+#endif
 }
 
 /* ----------------------------------------------------------------------------------------------
