@@ -131,9 +131,8 @@ typedef uint8_t lanes8_u8 __attribute__((vector_size(8)));
 
 /* An int64 mask of the low `width` bits of every `period`-bit field. */
 INLINE uint64_t field_mask(int width, int period) {
-    uint64_t mask = 0;
-    for (int start = 0; start < 64; start += period) mask |= ((1ull << width) - 1) << start;
-    return mask;
+    uint64_t ones = period == 64 ? 1 : UINT64_MAX / ((1ull << period) - 1); /* bit 0 of every field */
+    return ((1ull << width) - 1) * ones;
 }
 
 /* Each lane's eight codes packed into its low `bits` bytes (pack_bits's stream): neighbouring
