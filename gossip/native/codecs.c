@@ -198,22 +198,27 @@ INLINE void step_codes(const float *v, int kind, int bits, float scale, float of
     store_lanes(packed, pack_lanes(lanes, bits), bits);
 }
 
-/* sums[l] += |v[8i + l]| for the STEP values of v, in order (kept in registers, vectorised). */
-INLINE void add_abs(double sums[8], const float *v) {
-    double lane[8];
-    for (int l = 0; l < 8; l++) lane[l] = sums[l];
-    for (int i = 0; i < STEP; i += 8)
-        for (int l = 0; l < 8; l++) lane[l] += fabsf(v[i + l]);
-    for (int l = 0; l < 8; l++) sums[l] = lane[l];
+/* Lanes of a block's double sums (element i into lane i % LANES): enough independent additions to
+ * hide their latency (four vectors of eight). */
+#define LANES 32
+
+/* sums[l] += |v[LANES i + l]| for the STEP values of v, in order (kept in registers, vectorised). */
+INLINE void add_abs(double sums[LANES], const float *v) {
+    double lane[LANES];
+    for (int l = 0; l < LANES; l++) lane[l] = sums[l];
+    for (int i = 0; i < STEP; i += LANES)
+        for (int l = 0; l < LANES; l++) lane[l] += fabsf(v[i + l]);
+    for (int l = 0; l < LANES; l++) sums[l] = lane[l];
 }
 
-/* The eight lanes of a block's sums added pairwise. */
-INLINE double lanes_total(const double sums[8]) {
-    return ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]));
+/* The lanes of a block's sums added pairwise: a fixed order, whatever the thread split. */
+INLINE double lanes_total(double sums[LANES]) {
+    for (int width = LANES / 2; width >= 1; width /= 2)
+        for (int l = 0; l < width; l++) sums[l] += sums[l + width];
+    return sums[0];
 }
 
-/* Blocks of BLOCK elements; for SIGN, also each block's sum of |x| (8 double lanes, element i
- * into lane i % 8, the lanes added pairwise): a fixed order, whatever the thread split. */
+/* Blocks of BLOCK elements; for SIGN, also each block's sum of |x| in LANES double lanes. */
 INLINE void quantize_lanes(const quantize_job *job, int64_t first, int64_t last, int kind, int bits) {
     const float *x = job->x;
     uint8_t *out = job->out;
@@ -221,7 +226,7 @@ INLINE void quantize_lanes(const quantize_job *job, int64_t first, int64_t last,
     uint64_t seed = job->seed;
     for (int64_t block = first; block < last; block += BLOCK) {
         int64_t end = block + BLOCK < last ? block + BLOCK : last, group = block;
-        double sums[8] = {0};
+        double sums[LANES] = {0};
         for (; group + STEP <= end; group += STEP) {
             step_codes(x + group, kind, bits, scale, offset, seed, group, out + group / 8 * bits);
             if (kind == SIGN) add_abs(sums, x + group);
@@ -273,8 +278,7 @@ double gossip_quantize_pack(const float *x, int64_t count, int kind, int bits, f
 }
 
 /* ----------------------------------------------------------------------------------------------
- * QSGD's squared 2-norm: sum of x^2 in double, per block in 8 lanes (element i into lane i % 8),
- * blocks added in order, whatever the thread split.
+ * QSGD's squared 2-norm: sum of x^2 in double, per block in LANES lanes, blocks added in order.
  * -------------------------------------------------------------------------------------------- */
 typedef struct {
     const float *x;
@@ -286,9 +290,9 @@ static void squares_range(void *context, int64_t first, int64_t last, int part) 
     const squares_job *job = (const squares_job *)context;
     for (int64_t block = first; block < last; block += BLOCK) {
         int64_t end = block + BLOCK < last ? block + BLOCK : last, i = block;
-        double sums[8] = {0};
-        for (; i + 8 <= end; i += 8)
-            for (int l = 0; l < 8; l++) sums[l] += (double)job->x[i + l] * (double)job->x[i + l];
+        double sums[LANES] = {0};
+        for (; i + LANES <= end; i += LANES)
+            for (int l = 0; l < LANES; l++) sums[l] += (double)job->x[i + l] * (double)job->x[i + l];
         for (int l = 0; i < end; i++, l++) sums[l] += (double)job->x[i] * (double)job->x[i];
         job->block_sums[block / BLOCK] = lanes_total(sums);
     }
