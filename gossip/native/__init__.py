@@ -205,7 +205,7 @@ def topk_select(x: torch.Tensor, threshold: int, k: int, capacity: int) -> tuple
     candidates whose key is not below ``threshold``; None when fewer than ``k`` are.  ``capacity``
     is a guess of the candidates' number."""
     indices, values = torch.empty(capacity, dtype=torch.int32), torch.empty(capacity)
-    out_indices, out_values = torch.empty(k, dtype=torch.int32), torch.empty(k)
+    out_indices, out_values = torch.empty(k + 1, dtype=torch.int32), torch.empty(k + 1)  # one spare slot
     found = _library().gossip_topk_select(x.data_ptr(), x.numel(), threshold, k, indices.data_ptr(),
                                           values.data_ptr(), capacity, out_indices.data_ptr(),
                                           out_values.data_ptr(), _threads())
@@ -213,7 +213,7 @@ def topk_select(x: torch.Tensor, threshold: int, k: int, capacity: int) -> tuple
         return None
     if found > capacity:
         return topk_select(x, threshold, k, found)
-    return out_indices, out_values
+    return out_indices[:k], out_values[:k]
 
 
 def sparse_scatter(indices: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> bool:

@@ -424,7 +424,6 @@ static void candidates_range(void *context, int64_t first, int64_t last, int par
     for (; i + 16 <= last; i += 16) {
         __m512 group = _mm512_loadu_ps(x + i);
         __mmask16 hits = _mm512_cmpge_epu32_mask(_mm512_and_si512(_mm512_castps_si512(group), magnitude), bound);
-        if (!hits) continue;
         if (at + 16 > limit) return; /* the stores below write 16 slots, the hits first */
         _mm512_storeu_si512(job->indices + at, _mm512_maskz_compress_epi32(hits, _mm512_add_epi32(_mm512_set1_epi32((int32_t)i), lanes)));
         _mm512_storeu_ps(job->values + at, _mm512_maskz_compress_ps(hits, group));
@@ -448,22 +447,33 @@ static void candidates_range(void *context, int64_t first, int64_t last, int par
 }
 
 /* The key of rank k (1 = largest) among the keys of `values`; *ties_taken := how many entries with
- * that key are among the k largest. */
+ * that key are among the k largest.  A radix select over the bits in which the keys differ (found
+ * first by an AND and an OR of all keys), at most 11 bits per pass, counting into four histograms
+ * in turn so that repeated bins do not serialise the increments. */
 static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, int64_t *ties_taken) {
-    static const int shifts[3] = {21, 10, 0}, widths[3] = {11, 11, 10};
-    uint32_t prefix = 0;
+    uint32_t common = ~0u, any = 0;
+    for (int64_t i = 0; i < count; i++) common &= magnitude_key(values[i]), any |= magnitude_key(values[i]);
+    int low = (common ^ any) ? 32 - __builtin_clz(common ^ any) : 0; /* bits 0 .. low - 1 differ */
+    uint32_t decided = (uint32_t)(~0ull << low), prefix = common & decided;
     int64_t needed = k;
-    for (int pass = 0; pass < 3; pass++) {
-        int64_t counts[2048] = {0};
-        int shift = shifts[pass];
-        uint32_t fixed = pass == 0 ? 0 : ~0u << (shift + widths[pass]); /* bits already decided */
+    while (low > 0) {
+        int width = low < 11 ? low : 11, shift = low - width;
+        uint32_t counts[4][2049]; /* bin 2048: keys outside the prefix */
+        memset(counts, 0, sizeof counts);
         for (int64_t i = 0; i < count; i++) {
             uint32_t key = magnitude_key(values[i]);
-            if ((key & fixed) == prefix) counts[(key >> shift) & ((1u << widths[pass]) - 1)]++;
+            uint32_t bin = (key & decided) == prefix ? (key >> shift) & ((1u << width) - 1) : 2048;
+            counts[i & 3][bin]++;
         }
-        int bin = (1 << widths[pass]) - 1;
-        for (; bin > 0 && counts[bin] < needed; bin--) needed -= counts[bin];
+        int bin = (1 << width) - 1;
+        for (;; bin--) {
+            int64_t here = (int64_t)counts[0][bin] + counts[1][bin] + counts[2][bin] + counts[3][bin];
+            if (here >= needed || bin == 0) break;
+            needed -= here;
+        }
         prefix |= (uint32_t)bin << shift;
+        decided |= ((1u << width) - 1) << shift;
+        low = shift;
     }
     *ties_taken = needed;
     return prefix;
@@ -473,8 +483,8 @@ static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, i
 #define SLACK 16
 
 /* Returns the number of candidates, or more when they do not fit in `capacity` less SLACK slots per
- * thread; writes the k selected (indices ascending) into out_indices and out_values only when
- * they fit and are at least k.  One read of x when each part's candidates fit in an equal share of
+ * thread; writes the k selected (indices ascending) into out_indices and out_values (room for
+ * k + 1 each) only when they fit and are at least k.  One read of x when each part's candidates fit in an equal share of
  * the capacity; else a count first, and shares of the counted sizes. */
 int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, int64_t k, int32_t *indices,
                            float *values, int64_t capacity, int32_t *out_indices, float *out_values, int threads) {
@@ -510,9 +520,13 @@ int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, in
     if (total < k) return total;
     int64_t ties;
     uint32_t kth = kth_largest_key(values, total, k, &ties);
-    for (int64_t i = 0, taken = 0; i < total; i++) {
+    for (int64_t i = 0, taken = 0; i < total; i++) { /* without branches: the outputs hold k + 1 */
         uint32_t key = magnitude_key(values[i]);
-        if (key > kth || (key == kth && ties-- > 0)) out_indices[taken] = indices[i], out_values[taken++] = values[i];
+        int tie = key == kth, take = (key > kth) | (tie & (ties > 0));
+        ties -= tie & take;
+        out_indices[taken] = indices[i];
+        out_values[taken] = values[i];
+        taken += take;
     }
     return total;
 }
