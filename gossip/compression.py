@@ -669,9 +669,10 @@ class QSGD(Codec):
     error.  Decode:
     ``sign * level * ||x||_2 / s``; a zero norm gives all zeros.
 
-    Wire: fp32 ``||x||_2`` (the square root of a float64 sum of squares), then per entry a code ``2 * level + (x < 0)`` of
-    b = ceil(log2(s+1)) + 1 bits packed by :func:`pack_bits`:
-    4 + ceil(d*b/8) bytes.  ``levels`` is limited to 1..127 so that b <= 8.
+    Wire: fp32 ``||x||_2`` (the square root of a float64 sum of squares), then
+    per entry a code ``2 * level + (x < 0)`` of b = ceil(log2(s+1)) + 1 bits
+    packed by :func:`pack_bits`: 4 + ceil(d*b/8) bytes.  ``levels`` is limited
+    to 1..127 so that b <= 8.
     """
 
     levels: int

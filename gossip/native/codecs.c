@@ -368,9 +368,10 @@ void gossip_lookup_decode(const uint8_t *wire, int64_t count, int bits, const fl
 /* ----------------------------------------------------------------------------------------------
  * Top-k: the k entries of largest magnitude key (the bits of |x| as a uint32: the order of |x|,
  * NaN above infinity), ties to the lower index, ascending, as compression._largest_k selects them.
- * Candidates are the entries whose key is not below a threshold key; they are found in two
- * passes (count per part, then write at the part's offset), and the k-th largest key among them
- * by a radix select of 11, 11 and 10 bits.
+ * Candidates are the entries whose key is not below a threshold key; each part writes its own
+ * into a share of the buffer in one read of x (when a share overflows: a count first, then shares
+ * of the counted sizes), the shares are closed up, and the k-th largest key among the candidates
+ * is found by a radix select.
  * -------------------------------------------------------------------------------------------- */
 INLINE uint32_t magnitude_key(float value) {
     uint32_t bits;
@@ -484,8 +485,8 @@ static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, i
 
 /* Returns the number of candidates, or more when they do not fit in `capacity` less SLACK slots per
  * thread; writes the k selected (indices ascending) into out_indices and out_values (room for
- * k + 1 each) only when they fit and are at least k.  One read of x when each part's candidates fit in an equal share of
- * the capacity; else a count first, and shares of the counted sizes. */
+ * k + 1 each) only when they fit and are at least k.  One read of x when each part's candidates
+ * fit in an equal share of the capacity; else a count first, and shares of the counted sizes. */
 int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, int64_t k, int32_t *indices,
                            float *values, int64_t capacity, int32_t *out_indices, float *out_values, int threads) {
     candidates_job job;
