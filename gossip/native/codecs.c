@@ -12,7 +12,7 @@
  */
 #include <math.h>
 #include <pthread.h>
-#if defined(__AVX512F__)
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 #include <stdint.h>
@@ -122,6 +122,55 @@ INLINE void store_bytes(uint8_t *out, uint64_t lane, int64_t bytes) {
 /* Elements quantised per step: stage by stage through small arrays, so each stage vectorises. */
 #define STEP 64
 
+/* Float vectors as wide as the build's instruction set, for the clamps: compilers turn the scalar
+ * `a > b ? a : b` into a compare and a blend, while max/min instructions return the same (the
+ * second operand when either is NaN) in one. */
+#if defined(__AVX512F__)
+typedef __m512 vfloat;
+#define VWIDTH 16
+#define vload _mm512_loadu_ps
+#define vstore _mm512_storeu_ps
+#define vset _mm512_set1_ps
+#define vmax _mm512_max_ps
+#define vmin _mm512_min_ps
+#define vmul _mm512_mul_ps
+#define vadd _mm512_add_ps
+#define vabs _mm512_abs_ps
+#elif defined(__AVX__)
+typedef __m256 vfloat;
+#define VWIDTH 8
+#define vload _mm256_loadu_ps
+#define vstore _mm256_storeu_ps
+#define vset _mm256_set1_ps
+#define vmax _mm256_max_ps
+#define vmin _mm256_min_ps
+#define vmul _mm256_mul_ps
+#define vadd _mm256_add_ps
+#define vabs(x) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x)
+#elif defined(__SSE2__)
+typedef __m128 vfloat;
+#define VWIDTH 4
+#define vload _mm_loadu_ps
+#define vstore _mm_storeu_ps
+#define vset _mm_set1_ps
+#define vmax _mm_max_ps
+#define vmin _mm_min_ps
+#define vmul _mm_mul_ps
+#define vadd _mm_add_ps
+#define vabs(x) _mm_andnot_ps(_mm_set1_ps(-0.0f), x)
+#else
+typedef float vfloat;
+#define VWIDTH 1
+#define vload(p) (*(p))
+#define vstore(p, x) (*(p) = (x))
+#define vset(x) (x)
+#define vmax(a, b) ((a) > (b) ? (a) : (b))
+#define vmin(a, b) ((a) < (b) ? (a) : (b))
+#define vmul(a, b) ((a) * (b))
+#define vadd(a, b) ((a) + (b))
+#define vabs fabsf
+#endif
+
 /* Eight lanes of eight codes each (one code per byte), as one vector: GCC/Clang vector extensions,
  * lowered to whatever vector unit the library is built for. */
 typedef uint64_t lanes8 __attribute__((vector_size(64)));
@@ -174,16 +223,10 @@ INLINE void step_codes(const float *v, int kind, int bits, float scale, float of
         float fixed[STEP];
         uint64_t words[STEP / 4];
         int16_t noise[STEP];
-        for (int j = 0; j < STEP; j++) {
-            if (kind == QSGD) {
-                float f = fabsf(v[j]) * offset;
-                fixed[j] = f < scale ? f : scale;
-            } else {
-                float low = v[j] > -0.5f ? v[j] : -0.5f;
-                float clamped = low < 0.5f ? low : 0.5f;
-                float f = clamped * scale;
-                fixed[j] = f + offset;
-            }
+        for (int j = 0; j < STEP; j += VWIDTH) { /* QSGD: min(|v| offset, scale); MONIQUA: clamp, scale, offset */
+            vfloat value = vload(v + j);
+            if (kind == QSGD) vstore(fixed + j, vmin(vmul(vabs(value), vset(offset)), vset(scale)));
+            else vstore(fixed + j, vadd(vmul(vmin(vmax(value, vset(-0.5f)), vset(0.5f)), vset(scale)), vset(offset)));
         }
         for (int w = 0; w < STEP / 4; w++) words[w] = mix64(seed, ((uint64_t)group >> 2) + w);
         memcpy(noise, words, sizeof noise);
