@@ -205,7 +205,7 @@ def topk_select(x: torch.Tensor, threshold: int, k: int, capacity: int) -> tuple
     candidates whose key is not below ``threshold``; None when fewer than ``k`` are.  ``capacity``
     is a guess of the candidates' number."""
     indices, values = torch.empty(capacity, dtype=torch.int32), torch.empty(capacity)
-    out_indices, out_values = torch.empty(k + 1, dtype=torch.int32), torch.empty(k + 1)  # one spare slot
+    out_indices, out_values = torch.empty(k + 16, dtype=torch.int32), torch.empty(k + 16)  # SLACK spare slots
     found = _library().gossip_topk_select(x.data_ptr(), x.numel(), threshold, k, indices.data_ptr(),
                                           values.data_ptr(), capacity, out_indices.data_ptr(),
                                           out_values.data_ptr(), _threads())

@@ -491,15 +491,17 @@ static void candidates_range(void *context, int64_t first, int64_t last, int par
 }
 
 /* The key of rank k (1 = largest) among the keys of `values`; *ties_taken := how many entries with
- * that key are among the k largest.  A radix select over the bits in which the keys differ (found
+ * that key are among the k largest, *ties := how many there are.  A radix select over the bits in which the keys differ (found
  * first by an AND and an OR of all keys), at most 11 bits per pass, counting into four histograms
  * in turn so that repeated bins do not serialise the increments. */
-static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, int64_t *ties_taken) {
+static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, int64_t *ties_taken,
+                                int64_t *ties) {
     uint32_t common = ~0u, any = 0;
     for (int64_t i = 0; i < count; i++) common &= magnitude_key(values[i]), any |= magnitude_key(values[i]);
     int low = (common ^ any) ? 32 - __builtin_clz(common ^ any) : 0; /* bits 0 .. low - 1 differ */
     uint32_t decided = (uint32_t)(~0ull << low), prefix = common & decided;
     int64_t needed = k;
+    *ties = count; /* all keys are equal unless a pass below finds otherwise */
     while (low > 0) {
         int width = low < 11 ? low : 11, shift = low - width;
         uint32_t counts[4][2049]; /* bin 2048: keys outside the prefix */
@@ -511,9 +513,9 @@ static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, i
         }
         int bin = (1 << width) - 1;
         for (;; bin--) {
-            int64_t here = (int64_t)counts[0][bin] + counts[1][bin] + counts[2][bin] + counts[3][bin];
-            if (here >= needed || bin == 0) break;
-            needed -= here;
+            *ties = (int64_t)counts[0][bin] + counts[1][bin] + counts[2][bin] + counts[3][bin];
+            if (*ties >= needed || bin == 0) break;
+            needed -= *ties;
         }
         prefix |= (uint32_t)bin << shift;
         decided |= ((1u << width) - 1) << shift;
@@ -528,7 +530,7 @@ static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, i
 
 /* Returns the number of candidates, or more when they do not fit in `capacity` less SLACK slots per
  * thread; writes the k selected (indices ascending) into out_indices and out_values (room for
- * k + 1 each) only when they fit and are at least k.  One read of x when each part's candidates
+ * k + SLACK each) only when they fit and are at least k.  One read of x when each part's candidates
  * fit in an equal share of the capacity; else a count first, and shares of the counted sizes. */
 int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, int64_t k, int32_t *indices,
                            float *values, int64_t capacity, int32_t *out_indices, float *out_values, int threads) {
@@ -562,12 +564,23 @@ int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, in
         total += job.found[p];
     }
     if (total < k) return total;
-    int64_t ties;
-    uint32_t kth = kth_largest_key(values, total, k, &ties);
-    for (int64_t i = 0, taken = 0; i < total; i++) { /* without branches: the outputs hold k + 1 */
+    int64_t ties_taken, ties, i = 0, taken = 0;
+    uint32_t kth = kth_largest_key(values, total, k, &ties_taken, &ties);
+#if defined(__AVX512F__)
+    if (ties_taken == ties) /* every key not below the k-th is taken: compress groups of 16 */
+        for (; i + 16 <= total; i += 16) {
+            __m512 group = _mm512_loadu_ps(values + i);
+            __mmask16 take = _mm512_cmpge_epu32_mask(
+                _mm512_and_si512(_mm512_castps_si512(group), _mm512_set1_epi32(0x7FFFFFFF)), _mm512_set1_epi32((int32_t)kth));
+            _mm512_storeu_si512(out_indices + taken, _mm512_maskz_compress_epi32(take, _mm512_loadu_si512(indices + i)));
+            _mm512_storeu_ps(out_values + taken, _mm512_maskz_compress_ps(take, group));
+            taken += __builtin_popcount(take);
+        }
+#endif
+    for (; i < total; i++) { /* without branches */
         uint32_t key = magnitude_key(values[i]);
-        int tie = key == kth, take = (key > kth) | (tie & (ties > 0));
-        ties -= tie & take;
+        int tie = key == kth, take = (key > kth) | (tie & (ties_taken > 0));
+        ties_taken -= tie & take;
         out_indices[taken] = indices[i];
         out_values[taken] = values[i];
         taken += take;
