@@ -371,15 +371,16 @@ def _topk_entries(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     """
     d = flat.numel()
     if d >= 4 * _TOPK_SAMPLE and 16 * k <= d:
-        sample = _magnitude_keys(flat[:: d // _TOPK_SAMPLE])
-        expected = k * sample.numel() / d
-        rank = min(sample.numel(), math.ceil(expected + 4 * math.sqrt(expected) + 4))
-        threshold = int(torch.topk(sample, rank, sorted=False).values.min())
+        stride = d // _TOPK_SAMPLE
+        samples = -(-d // stride)
+        expected = k * samples / d
+        rank = min(samples, math.ceil(expected + 4 * math.sqrt(expected) + 4))
         if native.usable(flat):
-            selected = native.topk_select(flat, threshold, k, 2 * k + 1024)
+            selected = native.topk_select(flat, native.sample_threshold(flat, stride, rank), k, 2 * k + 1024)
             if selected is not None:
                 return selected
         else:
+            threshold = int(torch.topk(_magnitude_keys(flat[::stride]), rank, sorted=False).values.min())
             candidates = torch.cat([
                 torch.ge(_magnitude_keys(flat[start : start + _CHUNK]), threshold).nonzero().squeeze(1) + start
                 for start in range(0, d, _CHUNK)

@@ -96,6 +96,15 @@ def test_rounding_noise_is_splitmix64_in_int16_lanes(seed: int) -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("stride, rank", [(1, 1), (7, 50), (61, 16_394)])  # 16,394: the whole sample
+def test_sample_threshold_is_the_ranked_key_of_the_strided_sample(stride: int, rank: int) -> None:
+    x = torch.randn(1_000_000, generator=torch.Generator().manual_seed(3))
+    x[::97] = x[::97].round()  # ties
+    keys = compression._magnitude_keys(x[::stride])
+    assert native.sample_threshold(x, stride, rank) == int(torch.topk(keys, rank).values[-1])
+
+
+@needs_native
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("capacity", [10, 60, 1000])  # 60: one part's share overflows, the whole fits
 def test_topk_select_for_any_capacity_guess(isa: str, capacity: int, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "lookup_decode",
     "quantize_pack",
     "randomk_bitmap",
+    "sample_threshold",
     "sparse_scatter",
     "square_sum",
     "topk_select",
@@ -71,6 +72,7 @@ _SIGNATURES = {
     "gossip_quantize_pack": (ctypes.c_double, [_ptr, _i64, _int, _int, _f32, _f32, _u64, _ptr, _ptr, _int]),
     "gossip_square_sum": (ctypes.c_double, [_ptr, _i64, _ptr, _int]),
     "gossip_lookup_decode": (None, [_ptr, _i64, _int, _ptr, _ptr, _int]),
+    "gossip_sample_threshold": (ctypes.c_uint32, [_ptr, _i64, _i64, _i64]),
     "gossip_topk_select": (_i64, [_ptr, _i64, ctypes.c_uint32, _i64, _ptr, _ptr, _i64, _ptr, _ptr, _int]),
     "gossip_sparse_scatter": (_int, [_ptr, _ptr, _i64, _i64, _ptr, _int]),
     "gossip_randomk_bitmap": (_i64, [_u64, _i64, _i64, _ptr]),
@@ -197,6 +199,11 @@ def lookup_decode(wire: torch.Tensor, bits: int, table: torch.Tensor, out: torch
     table = table.to(torch.float32).contiguous()
     _library().gossip_lookup_decode(wire.data_ptr(), out.numel(), bits, table.data_ptr(), out.data_ptr(),
                                     _threads())
+
+
+def sample_threshold(x: torch.Tensor, stride: int, rank: int) -> int:
+    """The ``rank``-th largest magnitude key (``compression._magnitude_keys``) of ``x[::stride]``."""
+    return _library().gossip_sample_threshold(x.data_ptr(), x.numel(), stride, rank)
 
 
 def topk_select(x: torch.Tensor, threshold: int, k: int, capacity: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -16,6 +16,7 @@
 #include <immintrin.h>
 #endif
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define BLOCK (1 << 16)
@@ -523,6 +524,18 @@ static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, i
     }
     *ties_taken = needed;
     return prefix;
+}
+
+/* The threshold key: the rank-th largest key (1 = largest) of the sample x[0], x[stride], ...;
+ * 0 (everything a candidate) when the sample cannot be allocated. */
+uint32_t gossip_sample_threshold(const float *x, int64_t count, int64_t stride, int64_t rank) {
+    int64_t size = (count + stride - 1) / stride, ties_taken, ties;
+    float *sample = malloc((size_t)size * sizeof(float));
+    if (!sample) return 0;
+    for (int64_t i = 0; i < size; i++) sample[i] = x[i * stride];
+    uint32_t threshold = kth_largest_key(sample, size, rank, &ties_taken, &ties);
+    free(sample);
+    return threshold;
 }
 
 /* Slots a part's share of the candidate buffer has beyond its candidates (a whole vector store). */
