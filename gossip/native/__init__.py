@@ -2,9 +2,11 @@
 
 The codecs in :mod:`gossip.compression` are written in torch ops, which on a CPU means several
 passes over memory per encode.  When a C compiler is present, this module builds ``codecs.c`` once
-per source version and instruction set into a cache folder and the codecs call its fused kernels on contiguous CPU
-tensors instead; the results are the same bytes (tests compare both paths).  Without a compiler,
-or with ``GOSSIP_NATIVE=0`` in the environment, everything runs on the torch path.
+per source version and instruction set into a cache folder (with OpenMP where the compiler has
+it, so that the kernels share torch's thread pool), and the codecs call its fused kernels on
+contiguous CPU tensors instead; the results are the same bytes (tests compare both paths).
+Without a compiler, or with ``GOSSIP_NATIVE=0`` in the environment, everything runs on the torch
+path.
 
 Environment:
 
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+
 import torch
 
 __all__ = [
