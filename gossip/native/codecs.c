@@ -186,11 +186,14 @@ INLINE uint64_t field_mask(int width, int period) {
 }
 
 /* Each lane's eight codes packed into its low `bits` bytes (pack_bits's stream): neighbouring
- * groups of 1, 2, then 4 codes close up; for one bit, a multiply gathers them. */
+ * groups of 1, 2, then 4 codes close up; for one bit, where vectors multiply 64-bit lanes
+ * (AVX-512DQ), one multiply gathers them. */
 INLINE lanes8 pack_lanes(lanes8 lanes, int bits) {
     if (bits == 8) return lanes;
     lanes &= 0x0101010101010101ull * ((1u << bits) - 1);
+#if defined(__AVX512DQ__)
     if (bits == 1) return (lanes * 0x0102040810204080ull) >> 56;
+#endif
     for (int step = 0; step < 3; step++) {
         int group = 1 << step;
         uint64_t low = field_mask(group * bits, 16 << step);
@@ -199,13 +202,45 @@ INLINE lanes8 pack_lanes(lanes8 lanes, int bits) {
     return lanes;
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+/* AVX2 cannot truncate 64-bit lanes (compilers move them out one by one): the low `bytes` (1, 2 or
+ * 4) of each lane are shuffled to consecutive places, those of the upper 128-bit half after those
+ * of the lower, and the halves ORed: 4 * bytes bytes from four lanes. */
+static const int8_t low_bytes_shuffles[3][32] = {
+    {0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+     -1, -1, 0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1},
+    {0, 1, 8, 9, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+     -1, -1, -1, -1, 0, 1, 8, 9, -1, -1, -1, -1, -1, -1, -1, -1},
+    {0, 1, 2, 3, 8, 9, 10, 11, -1, -1, -1, -1, -1, -1, -1, -1,
+     -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 2, 3, 8, 9, 10, 11},
+};
+
+INLINE void store_low_bytes(uint8_t *out, lanes8 lanes, int bytes) {
+    __m256i halves[2];
+    memcpy(halves, &lanes, sizeof halves);
+    __m256i shuffle = _mm256_loadu_si256((const __m256i *)low_bytes_shuffles[bytes / 2]);
+    for (int h = 0; h < 2; h++) {
+        __m256i picked = _mm256_shuffle_epi8(halves[h], shuffle);
+        __m128i joined = _mm_or_si128(_mm256_castsi256_si128(picked), _mm256_extracti128_si256(picked, 1));
+        memcpy(out + 4 * bytes * h, &joined, (size_t)(4 * bytes));
+    }
+}
+#define STORE_NARROW(out, lanes, bytes, type) store_low_bytes(out, lanes, bytes)
+#else
+#define STORE_NARROW(out, lanes, bytes, type)                                                              \
+    do {                                                                                                   \
+        type narrow = __builtin_convertvector(lanes, type);                                                \
+        memcpy(out, &narrow, 8 * (bytes));                                                                 \
+    } while (0)
+#endif
+
 /* Stores packed lanes of `bits` bytes each one after another: for 1, 2 or 4 bits, each lane's
  * truncation to 8, 16 or 32 bits, all lanes at once. */
 INLINE void store_lanes(uint8_t *out, lanes8 lanes, int bits) {
     switch (bits) {
-    case 1: { lanes8_u8 narrow = __builtin_convertvector(lanes, lanes8_u8); memcpy(out, &narrow, 8); return; }
-    case 2: { lanes8_u16 narrow = __builtin_convertvector(lanes, lanes8_u16); memcpy(out, &narrow, 16); return; }
-    case 4: { lanes8_u32 narrow = __builtin_convertvector(lanes, lanes8_u32); memcpy(out, &narrow, 32); return; }
+    case 1: STORE_NARROW(out, lanes, 1, lanes8_u8); return;
+    case 2: STORE_NARROW(out, lanes, 2, lanes8_u16); return;
+    case 4: STORE_NARROW(out, lanes, 4, lanes8_u32); return;
     case 8: memcpy(out, &lanes, 64); return;
     default:
         for (int lane = 0; lane < 8; lane++) store_bytes(out + lane * bits, lanes[lane], bits);
