@@ -71,7 +71,8 @@ class Heartbeat:
     def __init__(self, store: dist.Store, rank: int, interval: float = 0.5) -> None:
         self.store, self.rank, self.interval = store, rank, interval
         self._stop = threading.Event()
-        threading.Thread(target=self._beat, name="gossip-heartbeat", daemon=True).start()
+        self._thread = threading.Thread(target=self._beat, name="gossip-heartbeat", daemon=True)
+        self._thread.start()
 
     def _key(self, rank: int) -> str:
         return f"gossip/heartbeat/{rank}"
@@ -104,16 +105,22 @@ class Heartbeat:
             return [0]
 
     def stop(self) -> None:
+        """Stop beating and wait for the thread (a few intervals at most), so that no thread is
+        inside the store when the process group is destroyed or the process exits."""
         self._stop.set()
+        self._thread.join(timeout=4 * self.interval)
 
 
 def leave(placement: Placement | None = None, linger_s: float = 0.0) -> None:
     """Close the process group. With ``linger_s`` (after a lost peer), process 0, which hosts the
     job's store, keeps the store up that long once its connections are closed: the others notice
     the loss when their rounds fail, a moment later, and must still read which process was lost."""
+    heartbeat = placement.heartbeat if placement is not None else None
+    if heartbeat is not None and linger_s <= 0:
+        heartbeat.stop()  # before the process group goes: a thread left inside the store can abort the exit
     if dist.is_initialized():
         dist.destroy_process_group()
-    if placement is not None and placement.heartbeat is not None:
-        if placement.rank == 0 and linger_s > 0:
+    if heartbeat is not None and linger_s > 0:
+        if placement.rank == 0:
             time.sleep(linger_s)  # the heartbeat's reference keeps the store alive meanwhile
-        placement.heartbeat.stop()
+        heartbeat.stop()
