@@ -281,13 +281,11 @@ INLINE void step_codes(const float *v, int kind, int bits, float scale, float of
  * hide their latency (four vectors of eight). */
 #define LANES 32
 
-/* sums[l] += |v[LANES i + l]| for the STEP values of v, in order (kept in registers, vectorised). */
+/* sums[l] += |v[LANES i + l]| for the STEP values of v, in order (vectorised; a local copy of the
+ * sums spilled on AVX2's sixteen registers). */
 INLINE void add_abs(double sums[LANES], const float *v) {
-    double lane[LANES];
-    for (int l = 0; l < LANES; l++) lane[l] = sums[l];
     for (int i = 0; i < STEP; i += LANES)
-        for (int l = 0; l < LANES; l++) lane[l] += fabsf(v[i + l]);
-    for (int l = 0; l < LANES; l++) sums[l] = lane[l];
+        for (int l = 0; l < LANES; l++) sums[l] += fabsf(v[i + l]);
 }
 
 /* The lanes of a block's sums added pairwise: a fixed order, whatever the thread split. */
