@@ -24,9 +24,9 @@ one seed per message and derives each element's noise from it with a counter-
 based hash (splitmix64), so that chunks, threads and the C kernels agree.
 
 All work is vectorised torch and runs on whatever device the input lives on.  On the CPU,
-:mod:`gossip.native` replaces the multi-pass quantise-and-pack, table decode, top-k candidate
-search and random-k index set with one-pass C kernels when a C compiler is present; both paths
-produce the same bytes.
+:mod:`gossip.native` replaces the multi-pass quantise-and-pack, QSGD's norm, the table decode,
+top-k's selection and sparse decode, and random-k's index set with C kernels when a C compiler is
+present; both paths produce the same bytes.
 """
 
 from __future__ import annotations

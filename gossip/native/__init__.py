@@ -69,6 +69,8 @@ ISA_FLAGS = {
 BLOCK = 2**16
 
 SIGN, QSGD, MONIQUA = 0, 1, 2  # the kinds of gossip_quantize_pack
+#: Spare slots beyond k in top-k's outputs, for whole-vector stores (SLACK in codecs.c).
+SLACK = 16
 
 _i64, _u64, _int, _f32, _ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
 _SIGNATURES = {
@@ -215,7 +217,7 @@ def topk_select(x: torch.Tensor, threshold: int, k: int, capacity: int) -> tuple
     candidates whose key is not below ``threshold``; None when fewer than ``k`` are.  ``capacity``
     is a guess of the candidates' number."""
     indices, values = torch.empty(capacity, dtype=torch.int32), torch.empty(capacity)
-    out_indices, out_values = torch.empty(k + 16, dtype=torch.int32), torch.empty(k + 16)  # SLACK spare slots
+    out_indices, out_values = torch.empty(k + SLACK, dtype=torch.int32), torch.empty(k + SLACK)
     found = _library().gossip_topk_select(x.data_ptr(), x.numel(), threshold, k, indices.data_ptr(),
                                           values.data_ptr(), capacity, out_indices.data_ptr(),
                                           out_values.data_ptr(), _threads())

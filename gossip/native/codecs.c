@@ -3,12 +3,13 @@
  * Each kernel does in one or two passes over memory what the torch fallback does in several
  * elementwise passes, and produces bit-identical results: the same float operations in the same
  * order (compiled with -ffp-contract=off, no fast-math), the same counter-based randomness, the same
- * selection rule, the same wire layout.  The one sum, sign's ||x||_1, is accumulated in double on
- * both paths (in a fixed order here), so the fp32 scale agrees unless the double sums straddle an
- * fp32 rounding point.  gossip/native/__init__.py compiles this file on first use, once per
- * instruction set, and calls it through ctypes on contiguous CPU tensors; work is split over
- * `threads` POSIX threads in whole blocks of BLOCK elements (a multiple of 64, so a block starts on
- * a whole byte of every packed stream and on a whole word of a bitmap).
+ * selection rule, the same wire layout.  The sums, sign's ||x||_1 and QSGD's ||x||_2^2, are
+ * accumulated in double on both paths (in a fixed order here), so the fp32 scale agrees unless the
+ * double sums straddle an fp32 rounding point.  gossip/native/__init__.py compiles this file on
+ * first use, once per instruction set, and calls it through ctypes on contiguous CPU tensors; work
+ * is split over `threads` threads (OpenMP's, else POSIX) in whole blocks of BLOCK elements (a
+ * multiple of 64, so a block starts on a whole byte of every packed stream and on a whole word of a
+ * bitmap).
  */
 #include <math.h>
 #include <pthread.h>
