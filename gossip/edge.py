@@ -25,10 +25,11 @@ through memory once instead of ``degree + 2`` times.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
+from gossip import native
 from gossip.seeding import generator
 
 
@@ -156,14 +157,20 @@ SWEEP_FLOATS = 1 << 18
 
 
 def sweep(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None = None,
-          side: int = 0, vectors: Sequence[torch.Tensor] = (), messages: Sequence[torch.Tensor] = ()) -> None:
-    """One pass over ``matrix``'s rows in cache-sized chunks: add ``left @ right`` (``update``) to
-    the chunk in place, then project the updated chunk for every edge: ``messages[k] = M v̂_k``
-    (``side`` 0, ``v̂_k`` cols × rank) or ``Mᵀ v̂_k`` (side 1, ``v̂_k`` rows × rank)."""
+          side: int = 0, vectors: torch.Tensor | None = None, messages: torch.Tensor | None = None) -> None:
+    """One pass over ``matrix``: add ``left @ right`` (``update``) in place, then project the updated
+    matrix for every edge ``k``: ``messages[k] = M v̂_k`` (``side`` 0, ``v̂_k = vectors[k]`` of cols ×
+    rank) or ``Mᵀ v̂_k`` (side 1, rows × rank). On contiguous fp32 CPU tensors one fused kernel
+    (:func:`gossip.native.sweep`) does it row by row; elsewhere the rows go in cache-sized chunks,
+    each updated and then read from cache by every edge's product."""
+    if vectors is None or messages is None:
+        vectors = messages = matrix.new_empty(0, 0, 1)
+    if matrix.dtype == torch.float32 and native.usable(matrix):
+        native.sweep(matrix, update, side, vectors, messages)
+        return
     step = max(1, SWEEP_FLOATS // matrix.shape[1])
     if side == 1:
-        for message in messages:
-            message.zero_()
+        messages.zero_()
     chunks = matrix.split(step)
     lefts = update[0].split(step) if update is not None else [None] * len(chunks)
     row_parts = [(message if side == 0 else vector).split(step) for vector, message in zip(vectors, messages)]
@@ -263,13 +270,15 @@ class Neighbourhood:
         single matrix in the same sweep."""
         side, degree = self.side, len(self.edges)
         offset, members, length, rank = self._blocks[side][g]
-        messages = [] if out is None else [
-            out[k, offset:offset + members * length * rank].view(members, length, rank) for k in range(degree)]
-        normalized = self._normalized[g] if messages else None
+        messages = normalized = None
+        if out is not None and degree:
+            messages = out[:, offset:offset + members * length * rank].view(degree, members, length, rank)
+            normalized = self._normalized[g].view(degree, members, -1, rank)
         if len(group) == 1:
-            sweep(group[0], update, side, [] if normalized is None else list(normalized),
-                  [message[0] for message in messages])
+            sweep(group[0], update, side, None if normalized is None else normalized[:, 0],
+                  None if messages is None else messages[:, 0])
             return
         operator = stacked(group) if side == 0 else stacked(group).transpose(1, 2)
-        for k, message in enumerate(messages):
-            torch.bmm(operator, normalized[k * members:(k + 1) * members], out=message)
+        if messages is not None:
+            for k in range(degree):
+                torch.bmm(operator, normalized[k], out=messages[k])

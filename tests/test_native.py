@@ -1,4 +1,5 @@
-"""Tests for gossip.native: the C kernels write the same bytes as the torch path of every codec."""
+"""Tests for gossip.native: the C kernels write the same bytes as the torch path of every codec, and
+PowerGossip's fused sweep computes the torch sweep's products, whatever the threads and the build."""
 
 import sys
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gossip import compression, native
+from gossip import compression, edge, native
 from gossip.compression import build
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler: the kernels are not built")
@@ -160,6 +161,53 @@ def test_without_openmp_the_kernels_run_on_posix_threads(tmp_path, monkeypatch: 
 def test_openmp_kernels_share_torchs_libgomp() -> None:
     mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
     assert len(mapped) <= 1, mapped  # one OpenMP runtime in the process, torch's
+
+
+#: (rows, cols): one row, vector and lane tails, and 300 × 130 in three blocks of rows (2^14 floats each).
+SWEEP_SHAPES = [(1, 1), (6, 27), (37, 70), (300, 130)]
+
+
+def sweep_once(rows: int, cols: int, side: int, edges: int, rank: int, width: int,
+               threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matrix and the messages after one edge.sweep (native or torch, as patched) with an update
+    of ``width`` columns (0: none); each message in a row of a wider send buffer, as PowerGossip lays
+    them out."""
+    gen = torch.Generator().manual_seed(rows * cols + side)
+    matrix = torch.randn(rows, cols, generator=gen)
+    update = (torch.randn(width, rows, generator=gen).T, torch.randn(width, cols, generator=gen)) if width else None
+    length, vector_length = (rows, cols) if side == 0 else (cols, rows)
+    vectors = torch.randn(edges, vector_length, rank, generator=gen)
+    out = torch.full((edges, length * rank + 5), float("nan"))
+    messages = out[:, 2:2 + length * rank].view(edges, length, rank)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        edge.sweep(matrix, update, side, vectors, messages)
+    finally:
+        torch.set_num_threads(previous)
+    assert out[:, :2].isnan().all() and out[:, 2 + length * rank:].isnan().all()  # nothing outside the rows
+    return matrix, messages
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("side", [0, 1])
+@pytest.mark.parametrize("edges, rank, width", [(0, 1, 2), (1, 1, 0), (2, 1, 2), (3, 2, 6), (2, 1, 7)])
+@pytest.mark.parametrize("rows, cols", SWEEP_SHAPES)
+def test_sweep_kernel_computes_the_torch_sweep_the_same_on_any_threads_and_build(
+    rows: int, cols: int, edges: int, rank: int, width: int, side: int, isa: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = (rows, cols, side, edges, rank, width)
+    monkeypatch.setattr(native, "_library", lambda: native._load("default"))
+    reference = sweep_once(*case, threads=1)
+    monkeypatch.setattr(native, "_library", lambda: native._load(isa))
+    for threads in (1, 2, 3):
+        found = sweep_once(*case, threads=threads)
+        assert all(torch.equal(a, b) for a, b in zip(found, reference)), threads
+    torch_path(monkeypatch)
+    expected = sweep_once(*case, threads=2)
+    for a, b in zip(found, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
 def test_build_names_a_missing_compiler(tmp_path) -> None:

@@ -1,12 +1,13 @@
-"""Fused CPU kernels for the message codecs, compiled from ``codecs.c`` on first use.
+"""Fused CPU kernels for the message codecs and PowerGossip's sweep, compiled on first use.
 
 The codecs in :mod:`gossip.compression` are written in torch ops, which on a CPU means several
-passes over memory per encode.  When a C compiler is present, this module builds ``codecs.c`` once
-per source version and instruction set into a cache folder (with OpenMP where the compiler has
-it, so that the kernels share torch's thread pool), and the codecs call its fused kernels on
-contiguous CPU tensors instead; the results are the same bytes (tests compare both paths).
-Without a compiler, or with ``GOSSIP_NATIVE=0`` in the environment, everything runs on the torch
-path.
+passes over memory per encode; PowerGossip's round (:func:`gossip.edge.sweep`) is a handful of
+small matrix products per matrix.  When a C compiler is present, this module builds ``codecs.c``
+and ``sweep.c`` once per source version and instruction set into a cache folder (with OpenMP where
+the compiler has it, so that the kernels share torch's thread pool), and the callers use its fused
+kernels on contiguous CPU tensors instead: the codecs get the same bytes, the sweep the same
+products up to float rounding (tests compare both paths).  Without a compiler, or with
+``GOSSIP_NATIVE=0`` in the environment, everything runs on the torch path.
 
 Environment:
 
@@ -46,11 +47,14 @@ __all__ = [
     "sample_threshold",
     "sparse_scatter",
     "square_sum",
+    "sweep",
     "topk_select",
     "usable",
 ]
 
-SOURCE = Path(__file__).with_name("codecs.c")
+#: The library's C sources, and the header they share (part of the cache key).
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("codecs.c", "sweep.c"))
+HEADERS = (Path(__file__).with_name("parallel.h"),)
 #: No fast-math and no contraction into fused multiply-adds: the kernels must round exactly as
 #: the torch ops they replace, whatever the vector width.
 FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-fast-math")
@@ -83,6 +87,7 @@ _SIGNATURES = {
     "gossip_randomk_bitmap": (_i64, [_u64, _i64, _i64, _ptr]),
     "gossip_bitmap_gather": (None, [_ptr, _ptr, _i64, _ptr, _int]),
     "gossip_bitmap_scatter": (None, [_ptr, _ptr, _i64, _ptr, _int]),
+    "gossip_sweep": (_int, [_ptr, _i64, _i64, _ptr, _i64, _i64, _ptr, _i64, _int, _ptr, _i64, _i64, _ptr, _i64, _int]),
 }
 
 
@@ -99,7 +104,7 @@ def cpu_isa() -> str:
 
 
 def build(compiler: str | None = None, cache_dir: Path | None = None, isa: str | None = None) -> Path:
-    """Compile ``codecs.c`` for ``isa`` (default: this CPU's) into the cache folder, once per
+    """Compile the C sources for ``isa`` (default: this CPU's) into the cache folder, once per
     source, flags and compiler, and return the library's path: with OpenMP where the compiler
     has it, else with POSIX threads.  Raises RuntimeError with the compiler's message when both
     fail."""
@@ -113,17 +118,17 @@ def build(compiler: str | None = None, cache_dir: Path | None = None, isa: str |
 
 
 def _compile(compiler: str, flags: tuple[str, ...], folder: Path, isa: str) -> Path:
-    """The library built from ``codecs.c`` with ``flags``, compiled unless cached."""
-    source = SOURCE.read_bytes()
+    """The library built from the C sources with ``flags``, compiled unless cached."""
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     key = hashlib.sha256(source + repr((flags, compiler, sys.platform)).encode()).hexdigest()[:16]
-    library = folder / f"gossip-codecs-{isa}-{key}.so"
+    library = folder / f"gossip-kernels-{isa}-{key}.so"
     if library.exists():
         return library
     folder.mkdir(parents=True, exist_ok=True)
     # Built under a temporary name and renamed, so that concurrent processes never load half a file.
     handle, partial = tempfile.mkstemp(dir=folder, prefix=library.stem, suffix=".so.partial")
     os.close(handle)
-    command = [*shlex.split(compiler), *flags, "-o", partial, str(SOURCE), "-lm"]
+    command = [*shlex.split(compiler), *flags, "-o", partial, *map(str, SOURCES), "-lm"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
@@ -152,7 +157,7 @@ def _load(isa: str) -> ctypes.CDLL | None:
     try:
         return _open(build(isa=isa))
     except (RuntimeError, OSError) as error:
-        warnings.warn(f"gossip: fused codec kernels unavailable, using torch ops ({error})", stacklevel=3)
+        warnings.warn(f"gossip: fused kernels unavailable, using torch ops ({error})", stacklevel=3)
         return None
 
 
@@ -252,3 +257,21 @@ def bitmap_scatter(bitmap: torch.Tensor, values: torch.Tensor, out: torch.Tensor
     """``out`` (fp32) := zeros, with ``values`` at the bitmap's indices, ascending."""
     values = values.contiguous()
     _library().gossip_bitmap_scatter(bitmap.data_ptr(), values.data_ptr(), out.numel(), out.data_ptr(), _threads())
+
+
+def sweep(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None, side: int,
+          vectors: torch.Tensor, messages: torch.Tensor) -> None:
+    """:func:`gossip.edge.sweep` in one pass over fp32 ``matrix`` (contiguous): add ``left @ right``
+    (``update``, ``left`` of any strides) in place, then ``messages[e] = M vectors[e]`` (side 0) or ``Mᵀ vectors[e]`` (side 1) for every
+    edge ``e``; ``messages`` may be a strided view whose rows (``length × rank``) are contiguous."""
+    left, right = update if update is not None else (matrix.new_empty(0, 0), matrix.new_empty(0, 0))
+    right = right.contiguous()
+    edges, _, rank = vectors.shape
+    transposed = vectors.transpose(1, 2).contiguous()  # each vector's entries in a row
+    if edges and not messages[0].is_contiguous():
+        raise ValueError("each edge's message must be contiguous")
+    status = _library().gossip_sweep(matrix.data_ptr(), matrix.shape[0], matrix.shape[1], left.data_ptr(),
+                                     *left.stride(), right.data_ptr(), left.shape[1], side, transposed.data_ptr(), edges, rank,
+                                     messages.data_ptr(), messages.stride(0) if edges else 0, _threads())
+    if status != 0:
+        raise MemoryError(f"gossip.native.sweep: no memory for the block sums of a {tuple(matrix.shape)} matrix")

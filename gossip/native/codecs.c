@@ -12,7 +12,6 @@
  * bitmap).
  */
 #include <math.h>
-#include <pthread.h>
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -20,64 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "parallel.h"
+
 #define BLOCK (1 << 16)
-#define MAX_THREADS 64
-
-/* ----------------------------------------------------------------------------------------------
- * Threads: run body(context, first, last, part) over [0, count) split into `threads` parts of whole
- * blocks.  Built with OpenMP (-fopenmp), the parts run on the process's OpenMP pool, which is
- * torch's own (the loader reuses the libgomp torch loaded): no threads to start, and none left
- * spinning against ours after a torch op.  Without OpenMP, on POSIX threads started per call.
- * Small inputs run on the calling thread.
- * -------------------------------------------------------------------------------------------- */
-typedef void (*range_body)(void *context, int64_t first, int64_t last, int part);
-
-/* Number of parts parallel_for splits `count` elements into (at least one block each). */
-static int parts_for(int64_t count, int threads) {
-    int64_t blocks = (count + BLOCK - 1) / BLOCK;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads < 1) threads = 1;
-    return blocks < threads ? (blocks < 1 ? 1 : (int)blocks) : threads;
-}
-
-typedef struct {
-    range_body body;
-    void *context;
-    int64_t first, last;
-    int part;
-} range_task;
-
-static void *run_task(void *argument) {
-    range_task *task = (range_task *)argument;
-    task->body(task->context, task->first, task->last, task->part);
-    return NULL;
-}
-
-static void parallel_for(int64_t count, int threads, range_body body, void *context) {
-    int parts = parts_for(count, threads);
-    int64_t blocks = (count + BLOCK - 1) / BLOCK;
-    range_task tasks[MAX_THREADS];
-    for (int p = 0; p < parts; p++) {
-        int64_t first = blocks * p / parts * BLOCK, last = blocks * (p + 1) / parts * BLOCK;
-        tasks[p] = (range_task){body, context, first, last < count ? last : count, p};
-    }
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
-    for (int p = 0; p < parts; p++) run_task(&tasks[p]);
-#else
-    pthread_t handles[MAX_THREADS];
-    int started[MAX_THREADS];
-    for (int p = 1; p < parts; p++)
-        started[p] = pthread_create(&handles[p], NULL, run_task, &tasks[p]) == 0;
-    run_task(&tasks[0]);
-    for (int p = 1; p < parts; p++) {
-        if (started[p])
-            pthread_join(handles[p], NULL);
-        else
-            run_task(&tasks[p]); /* no thread to spare: do it here */
-    }
-#endif
-}
 
 /* ----------------------------------------------------------------------------------------------
  * Rounding noise: word w of the stream is splitmix64's output for counter w; element i uses the
@@ -96,8 +40,6 @@ static inline uint64_t mix64(uint64_t seed, uint64_t counter) {
  * zero-padded copy and only the stream's own bytes are written.  quantize_lanes is inlined with
  * constant kind and bits for every pair, so that each loop is compiled for its own codec.
  * -------------------------------------------------------------------------------------------- */
-#define INLINE static inline __attribute__((always_inline))
-
 enum { SIGN = 0, QSGD = 1, MONIQUA = 2 };
 
 typedef struct {
@@ -348,7 +290,7 @@ static void quantize_range(void *context, int64_t first, int64_t last, int part)
 double gossip_quantize_pack(const float *x, int64_t count, int kind, int bits, float scale, float offset,
                             uint64_t seed, uint8_t *out, double *abs_sums, int threads) {
     quantize_job job = {x, scale, offset, seed, out, abs_sums, kind, bits};
-    parallel_for(count, threads, quantize_range, &job);
+    parallel_for(count, BLOCK, threads, quantize_range, &job);
     double total = 0.0;
     if (kind == SIGN)
         for (int64_t b = 0; b < (count + BLOCK - 1) / BLOCK; b++) total += abs_sums[b];
@@ -379,7 +321,7 @@ static void squares_range(void *context, int64_t first, int64_t last, int part) 
 /* `block_sums` holds ceil(count / BLOCK) doubles. */
 double gossip_square_sum(const float *x, int64_t count, double *block_sums, int threads) {
     squares_job job = {x, block_sums};
-    parallel_for(count, threads, squares_range, &job);
+    parallel_for(count, BLOCK, threads, squares_range, &job);
     double total = 0.0;
     for (int64_t b = 0; b < (count + BLOCK - 1) / BLOCK; b++) total += block_sums[b];
     return total;
@@ -440,7 +382,7 @@ void gossip_lookup_decode(const uint8_t *wire, int64_t count, int bits, const fl
                 byte_table[byte * per_byte + j] = table[(byte >> (bits * j)) & ((1 << bits) - 1)];
         job.byte_table = byte_table;
     }
-    parallel_for(count, threads, lookup_range, &job);
+    parallel_for(count, BLOCK, threads, lookup_range, &job);
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -587,13 +529,13 @@ int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, in
     job.threshold = threshold;
     job.indices = indices;
     job.values = values;
-    int parts = parts_for(count, threads), fitted = 1;
+    int parts = parts_for(count, BLOCK, threads), fitted = 1;
     for (int p = 0; p < parts; p++) job.offset[p] = capacity * p / parts, job.limit[p] = capacity * (p + 1) / parts;
-    parallel_for(count, threads, candidates_range, &job);
+    parallel_for(count, BLOCK, threads, candidates_range, &job);
     for (int p = 0; p < parts; p++) fitted &= job.found[p] >= 0;
     if (!fitted) {
         job.counting = 1;
-        parallel_for(count, threads, candidates_range, &job);
+        parallel_for(count, BLOCK, threads, candidates_range, &job);
         int64_t needed = 0;
         for (int p = 0; p < parts; p++) {
             job.offset[p] = needed;
@@ -602,7 +544,7 @@ int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, in
         }
         if (needed > capacity) return needed;
         job.counting = 0;
-        parallel_for(count, threads, candidates_range, &job);
+        parallel_for(count, BLOCK, threads, candidates_range, &job);
     }
     int64_t total = 0;
     for (int p = 0; p < parts; p++) { /* close up the parts' shares */
@@ -670,7 +612,7 @@ int gossip_sparse_scatter(const int32_t *indices, const float *values, int64_t k
     for (int64_t j = 0; j < k; j++)
         if (indices[j] < 0 || indices[j] >= count || (j > 0 && indices[j] <= indices[j - 1])) return 0;
     sparse_job job = {indices, values, k, out};
-    parallel_for(count, threads, sparse_range, &job);
+    parallel_for(count, BLOCK, threads, sparse_range, &job);
     return 1;
 }
 
@@ -743,10 +685,10 @@ static void scatter_range(void *context, int64_t first, int64_t last, int part) 
 
 void gossip_bitmap_gather(const uint64_t *bitmap, const float *x, int64_t d, float *out, int threads) {
     bitmap_job job = {bitmap, x, out};
-    parallel_for(d, threads, gather_range, &job);
+    parallel_for(d, BLOCK, threads, gather_range, &job);
 }
 
 void gossip_bitmap_scatter(const uint64_t *bitmap, const float *values, int64_t d, float *out, int threads) {
     bitmap_job job = {bitmap, values, out};
-    parallel_for(d, threads, scatter_range, &job);
+    parallel_for(d, BLOCK, threads, scatter_range, &job);
 }
