@@ -17,9 +17,10 @@ A worker's edges are handled together by a :class:`Neighbourhood`: small matrice
 shape are projected together (one batched product per shape group and edge), every edge's
 projections of a round are written straight into one row of a send buffer (one message per
 neighbour), and the rank-``r`` updates from all neighbours are one product per shape group. A
-large matrix is swept in cache-sized row chunks (:func:`sweep`): each chunk is updated, then read
-from cache by every edge's projection for the next round, so that a round moves a large matrix
-through memory once instead of ``degree + 2`` times.
+matrix of its own group (every large one) is swept (:func:`sweep`): updated and then projected for
+every edge for the next round in one pass, row by row by a C kernel on the CPU, else in
+cache-sized row chunks, so that a round moves a large matrix through memory once instead of
+``degree + 2`` times.
 """
 
 from __future__ import annotations

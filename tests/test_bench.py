@@ -78,3 +78,14 @@ def test_codec_benchmark_writes_rows(tmp_path: Path):
     for row in rows:
         assert CODEC_KEYS <= set(row)
         assert_finite_non_negative(row, ["elements", "copy_s", "encode_s", "decode_s", "ratio_to_copy", "wire_bytes"])
+
+
+def test_sweep_benchmark_writes_a_row(tmp_path: Path):
+    out = tmp_path / "sweep.json"
+    output = run_script("bench_sweep.py", ["--model", "mlp", "--mlp", "64,96,4", "--workers", "3", "--rounds", "2",
+                                           "--repeats", "2", "--json", str(out)])
+    [row] = json.loads(out.read_text())
+    assert {"model", "workers", "rounds", "kernel_s", "torch_s", "ratio", "kernel_available"} <= set(row)
+    assert (row["model"], row["workers"], row["rounds"]) == ("mlp", 3, 2)
+    assert_finite_non_negative(row, ["kernel_s", "torch_s", "ratio"])
+    assert any(line.startswith("|") and "mlp" in line for line in output.splitlines())  # the table
