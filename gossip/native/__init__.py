@@ -262,8 +262,10 @@ def bitmap_scatter(bitmap: torch.Tensor, values: torch.Tensor, out: torch.Tensor
 def sweep(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None, side: int,
           vectors: torch.Tensor, messages: torch.Tensor) -> None:
     """:func:`gossip.edge.sweep` in one pass over fp32 ``matrix`` (contiguous): add ``left @ right``
-    (``update``, ``left`` of any strides) in place, then ``messages[e] = M vectors[e]`` (side 0) or ``Mᵀ vectors[e]`` (side 1) for every
-    edge ``e``; ``messages`` may be a strided view whose rows (``length × rank``) are contiguous."""
+    (``update``; ``left`` of any strides) in place, then ``messages[e] = M vectors[e]`` (side 0) or
+    ``Mᵀ vectors[e]`` (side 1) for every edge ``e``; ``messages`` may be a strided view whose rows
+    (``length × rank``) are contiguous. Raises MemoryError, changing nothing, when side 1's block
+    sums (about ``numel / 2^14 × edges × rank`` floats) cannot be allocated."""
     left, right = update if update is not None else (matrix.new_empty(0, 0), matrix.new_empty(0, 0))
     right = right.contiguous()
     edges, _, rank = vectors.shape
@@ -271,7 +273,7 @@ def sweep(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None
     if edges and not messages[0].is_contiguous():
         raise ValueError("each edge's message must be contiguous")
     status = _library().gossip_sweep(matrix.data_ptr(), matrix.shape[0], matrix.shape[1], left.data_ptr(),
-                                     *left.stride(), right.data_ptr(), left.shape[1], side, transposed.data_ptr(), edges, rank,
-                                     messages.data_ptr(), messages.stride(0) if edges else 0, _threads())
+                                     *left.stride(), right.data_ptr(), left.shape[1], side, transposed.data_ptr(),
+                                     edges, rank, messages.data_ptr(), messages.stride(0) if edges else 0, _threads())
     if status != 0:
         raise MemoryError(f"gossip.native.sweep: no memory for the block sums of a {tuple(matrix.shape)} matrix")

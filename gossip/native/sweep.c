@@ -7,11 +7,11 @@
  * here each row is updated and projected while it sits in the first-level cache, so M moves
  * through memory once per round, read and written.
  *
- * Results do not depend on the number of threads: the threads split the rows in whole blocks of a
- * fixed number of rows (a function of cols alone).  On side 0 a row's dot products are summed in
- * LANES lanes and then a fixed tree; on side 1 each block sums its rows in row order and the
- * blocks' sums are added in block order.  The update of an entry is sum_k left[i][k] right[k][j] in k order, added to M: the same arithmetic
- * wherever a row or column range starts.
+ * Results do not depend on the number of threads or on the build: the threads split the rows in
+ * whole blocks of a fixed number of rows (a function of cols alone); an entry's update is 0 plus
+ * sum_k left[i][k] right[k][j] in k order, added to M; on side 0 a row's dot products are summed in
+ * LANES lanes (whatever the vector width) and then a fixed tree; on side 1 each block sums its rows
+ * in row order and the blocks' sums are added in block order.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -151,12 +151,11 @@ static void blocks_range(void *context, int64_t first, int64_t last, int part) {
 
 /* M += left @ right (when width > 0), then for each of `edges` edges the projection of the updated
  * M with its `rank` vectors: side 0, message = M v̂ (rows × rank); side 1, message = Mᵀ v̂ (cols ×
- * rank).  `right` is contiguous, `left` strided.  `vectors` holds each edge's v̂ transposed (rank ×
- * length).  Returns 0, or -1 when the
- * memory for side 1's block sums cannot be had (nothing written then). */
+ * rank).  `right` is contiguous, `left` strided; `vectors` holds each edge's v̂ transposed (rank ×
+ * length).  Returns 0, or -1 when there is no memory for side 1's block sums (nothing written). */
 int gossip_sweep(float *matrix, int64_t rows, int64_t cols, const float *left, int64_t left_row_stride,
-                 int64_t left_column_stride, const float *right, int64_t width, int side, const float *vectors, int64_t edges, int64_t rank, float *messages, int64_t stride,
-                 int threads) {
+                 int64_t left_column_stride, const float *right, int64_t width, int side, const float *vectors,
+                 int64_t edges, int64_t rank, float *messages, int64_t stride, int threads) {
     int64_t block_rows = (GRAIN_FLOATS + cols - 1) / cols, pairs = edges * rank;
     sweep_job job = {.matrix = matrix, .rows = rows, .cols = cols, .left = left, .right = right, .width = width,
                      .left_strides = {left_row_stride, left_column_stride},
@@ -169,7 +168,7 @@ int gossip_sweep(float *matrix, int64_t rows, int64_t cols, const float *left, i
     int64_t blocks = (rows + block_rows - 1) / block_rows;
     job.edges = edges;
     job.block_sums = malloc((size_t)(blocks * pairs * cols) * sizeof(float));
-    if (!job.block_sums) return -1;
+    if (!job.block_sums) return -1; /* before any write: M is not half updated */
     parallel_for(rows, block_rows, threads, blocks_range, &job);
     for (int64_t p = 0; p < pairs; p++) {
         float *message = messages + p / rank * stride + p % rank;
