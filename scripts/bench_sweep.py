@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench_gossip import SEED, WORKLOADS, Settings, format_table, initial_model  # scripts/ is on sys.path
+from bench_gossip import SEED, WORKLOADS, Settings, format_table, initial_model, parse_list  # scripts/ is on sys.path
 
 import topologies
 from gossip import native
@@ -33,11 +33,10 @@ from gossip.network import Network
 from gossip.worker import Worker
 
 
-def step_rounds(algorithm, rounds: int) -> float:
-    """Seconds for one step's ``rounds`` gossip rounds, as PowerGossip.step makes them."""
+def step_rounds(algorithm: PowerGossip) -> float:
+    """Seconds for one step's gossip rounds."""
     start = time.perf_counter()
-    for index in range(rounds):
-        algorithm.gossip_round(with_dense=index == 0, prefetch=index + 1 < rounds)
+    algorithm.gossip_rounds()
     return time.perf_counter() - start
 
 
@@ -62,8 +61,8 @@ def measure(model: str, quick: bool, workers: int, rounds: int, repeats: int, ml
         for _ in range(repeats):
             for label, switch in (("kernel", usable), ("torch", lambda *tensors: False)):
                 native.usable = switch
-                step_rounds(algorithm, rounds)
-                times[label].append(step_rounds(algorithm, rounds))
+                step_rounds(algorithm)
+                times[label].append(step_rounds(algorithm))
     finally:
         native.usable = usable
     kernel, torch_sweep = (statistics.median(times[label]) for label in ("kernel", "torch"))
@@ -87,7 +86,7 @@ def main() -> None:
     if not native.available():
         print("the C kernels are not available (no compiler, or GOSSIP_NATIVE=0): both columns time the torch sweep")
     row = measure(args.model, args.quick, args.workers, args.rounds, args.repeats,
-                  tuple(int(w) for w in args.mlp.split(",")))
+                  tuple(int(w) for w in parse_list(args.mlp)))
     print(format_table(["model", "n", "rounds", "kernel ms", "torch ms", "torch/kernel"],
                        [[row["model"], str(row["workers"]), str(row["rounds"]), f"{1e3 * row['kernel_s']:.2f}",
                          f"{1e3 * row['torch_s']:.2f}", f"{row['ratio']:.2f}"]]))

@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from gossip import native
 from gossip.algorithms.base import Algorithm
 from gossip.config import option
 from gossip.edge import EdgeCompressor, MatrixPlan, Neighbourhood
@@ -59,6 +60,7 @@ class PowerGossip(Algorithm):
                                 [self.topology.weight(w.id, j) for j in self.edges[w.id]], self.plan,
                                 self.network.device)
             for w in self.workers}
+        native.available()  # build the CPU kernels (once per machine) now, not within the first step
 
     @classmethod
     def bytes_per_step(cls, options: PowerGossipOptions, shapes: list[torch.Size], topology: Topology,
@@ -75,6 +77,11 @@ class PowerGossip(Algorithm):
         compute_gradients()
         for w in self.workers:
             w.optimizer.step(w.params, w.grads, lr)
+        self.gossip_rounds()
+
+    def gossip_rounds(self) -> None:
+        """A step's ``iterations`` rounds: the first also mixes the uncompressed entries, each but the
+        last makes the next one's messages in its update pass."""
         for round_index in range(self.options.iterations):
             self.gossip_round(with_dense=round_index == 0, prefetch=round_index + 1 < self.options.iterations)
 

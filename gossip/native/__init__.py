@@ -266,14 +266,14 @@ def sweep(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None
     ``Mᵀ vectors[e]`` (side 1) for every edge ``e``; ``messages`` may be a strided view whose rows
     (``length × rank``) are contiguous. Raises MemoryError, changing nothing, when side 1's block
     sums (about ``numel / 2^14 × edges × rank`` floats) cannot be allocated."""
-    left, right = update if update is not None else (matrix.new_empty(0, 0), matrix.new_empty(0, 0))
-    right = right.contiguous()
+    left, right = (update[0], update[1].contiguous()) if update is not None else (matrix, matrix)  # width 0: unread
+    width = update[0].shape[1] if update is not None else 0
     edges, _, rank = vectors.shape
     transposed = vectors.transpose(1, 2).contiguous()  # each vector's entries in a row
     if edges and not messages[0].is_contiguous():
         raise ValueError("each edge's message must be contiguous")
     status = _library().gossip_sweep(matrix.data_ptr(), matrix.shape[0], matrix.shape[1], left.data_ptr(),
-                                     *left.stride(), right.data_ptr(), left.shape[1], side, transposed.data_ptr(),
+                                     *left.stride(), right.data_ptr(), width, side, transposed.data_ptr(),
                                      edges, rank, messages.data_ptr(), messages.stride(0) if edges else 0, _threads())
     if status != 0:
         raise MemoryError(f"gossip.native.sweep: no memory for the block sums of a {tuple(matrix.shape)} matrix")
