@@ -226,12 +226,18 @@ def _lookup_rows(table: torch.Tensor, index: torch.Tensor, out: torch.Tensor) ->
     torch.index_select(table.view(wide), 0, index.to(torch.int32), out=rows)
 
 
-def _decode_codes(wire: torch.Tensor, bits: int, values: torch.Tensor, out: torch.Tensor) -> None:
-    """``out[i] = values[code i]`` for the codes packed in ``wire``: one table lookup per byte when
-    ``bits`` divides 8, else unpack first and look up per code."""
+def _decode_codes(
+    wire: torch.Tensor, bits: int, base: torch.Tensor, scaled: bool, divisor: float, out: torch.Tensor
+) -> None:
+    """``out[i] = base[c] * scale / divisor`` (in that order, fp32) for the codes ``c`` packed in
+    ``wire``: after the wire's leading fp32 ``scale`` when ``scaled``, else with ``scale`` 1.  One
+    table lookup per byte when ``bits`` divides 8, else unpack first and look up per code."""
     if native.usable(wire, out):
-        native.lookup_decode(wire, bits, values, out)
+        native.lookup_decode(wire, bits, base, scaled, divisor, out)
         return
+    if scaled:
+        base, wire = base * _from_bytes(wire[:4], torch.float32), wire[4:]
+    values = base / divisor
     count = out.numel()
     if 8 % bits:
         codes = _unpacked_codes(wire, bits, count)[:count]
@@ -245,12 +251,44 @@ def _decode_codes(wire: torch.Tensor, bits: int, values: torch.Tensor, out: torc
         out[full * per_byte :].copy_(table[wire[full].long(), : count - full * per_byte])
 
 
+@functools.lru_cache(maxsize=None)
+def _sign_levels(device: torch.device) -> torch.Tensor:
+    """SignNorm's decode table before scaling: code 0 (negative) is -1, code 1 is +1."""
+    return torch.tensor([-1.0, 1.0], device=device)
+
+
+@functools.lru_cache(maxsize=None)
+def _signed_levels(bits: int, device: torch.device) -> torch.Tensor:
+    """QSGD's decode table before scaling: code ``2 * level + negative`` is ``±level`` (fp32)."""
+    codes = torch.arange(2**bits, device=device)
+    return ((1 - 2 * (codes & 1)) * (codes >> 1)).to(torch.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _moniqua_levels(bits: int, device: torch.device) -> torch.Tensor:
+    """Moniqua's decode table times ``2n``: index ``k`` is ``2k - n`` (``n = 2^bits - 1``)."""
+    n = 2**bits - 1
+    return 2 * torch.arange(n + 1, dtype=torch.float32, device=device) - n
+
+
 # --------------------------------------------------------------------------- #
 # Byte helpers and randomness
 # --------------------------------------------------------------------------- #
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
     """Reinterpret a 1-D contiguous tensor as its raw bytes (no copy)."""
     return t.contiguous().view(torch.uint8)
+
+
+def _flat_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a contiguous 1-D fp32 tensor without autograd history: ``x`` itself when it already
+    is one (each view op costs microseconds, a large share of a small message's encode)."""
+    if x.requires_grad:
+        x = x.detach()
+    if x.dim() != 1:
+        x = x.reshape(-1)
+    if x.dtype != torch.float32:
+        x = x.to(torch.float32)
+    return x.contiguous()
 
 
 def _from_bytes(wire: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -452,7 +490,7 @@ class Codec(ABC):
         self._check_generator(generator, self.encode_needs_generator, "encode")
         shape = (self.wire_bytes(x.numel()),)
         wire = self._output(out, shape, torch.uint8, x.device, "wire")
-        self._encode(x.detach().reshape(-1).to(torch.float32).contiguous(), generator, wire)
+        self._encode(_flat_fp32(x), generator, wire)
         return wire
 
     def decode(
@@ -477,7 +515,9 @@ class Codec(ABC):
             )
         self._check_generator(generator, self.decode_needs_generator, "decode")
         target = self._output(out, tuple(like.shape), torch.float32, like.device, "decoded")
-        self._decode(wire.to(like.device), generator, target.view(-1))
+        if wire.device != like.device:
+            wire = wire.to(like.device)
+        self._decode(wire, generator, target if target.dim() == 1 else target.view(-1))
         return target if out is not None else target.to(like.dtype)
 
     def _output(
@@ -641,23 +681,20 @@ class SignNorm(Codec):
     def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
         # ||x||_1 accumulates in float64 on both paths: the same scale, up to the order of a double sum
         if native.usable(flat, out):
-            total = native.quantize_pack(flat, native.SIGN, 1, 0.0, 0.0, 0, out[4:])
-            scale = torch.tensor(total / flat.numel(), dtype=torch.float64)
-        else:
-            norms = []
+            native.quantize_pack(flat, native.SIGN, 1, 0, 0, out)
+            return
+        norms = []
 
-            def fill(chunk: torch.Tensor, codes: torch.Tensor, start: int) -> None:
-                norms.append(chunk.abs().sum(dtype=torch.float64))
-                torch.ge(chunk, 0, out=codes.view(torch.bool))
+        def fill(chunk: torch.Tensor, codes: torch.Tensor, start: int) -> None:
+            norms.append(chunk.abs().sum(dtype=torch.float64))
+            torch.ge(chunk, 0, out=codes.view(torch.bool))
 
-            _encode_chunks(flat, 1, out[4:], fill)
-            scale = torch.stack(norms).sum().div_(flat.numel())
+        _encode_chunks(flat, 1, out[4:], fill)
+        scale = torch.stack(norms).sum().div_(flat.numel())
         out[:4].copy_(_as_bytes(scale.to(torch.float32).reshape(1)))
 
     def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        scale = _from_bytes(wire[:4], torch.float32)
-        positive = torch.arange(2, dtype=torch.float32, device=out.device)
-        _decode_codes(wire[4:], 1, (2 * positive - 1) * scale, out)
+        _decode_codes(wire, 1, _sign_levels(out.device), True, 1.0, out)
 
 
 @dataclass(frozen=True, repr=False)
@@ -692,21 +729,18 @@ class QSGD(Codec):
         return 4 + _packed_bytes(numel, self.bits)
 
     def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        top = self.levels * _ROUNDING_STEPS
         # ||x||_2 from a float64 sum of squares on both paths (the same up to the order of a double sum)
-        if native.usable(flat):
-            norm = torch.tensor(math.sqrt(native.square_sum(flat)), dtype=torch.float32)
-        else:
-            chunks = (flat[start : start + _CHUNK] for start in range(0, flat.numel(), _CHUNK))
-            squares = sum(chunk.to(torch.float64).square_().sum() for chunk in chunks)
-            norm = torch.as_tensor(squares, dtype=torch.float64, device=flat.device).sqrt().to(torch.float32)
+        if native.usable(flat, out):
+            native.quantize_pack(flat, native.QSGD, self.bits, self.levels, int(_draw_seed(generator)), out)
+            return
+        top = self.levels * _ROUNDING_STEPS
+        chunks = (flat[start : start + _CHUNK] for start in range(0, flat.numel(), _CHUNK))
+        squares = sum(chunk.to(torch.float64).square_().sum() for chunk in chunks)
+        norm = torch.as_tensor(squares, dtype=torch.float64, device=flat.device).sqrt().to(torch.float32)
         out[:4].copy_(_as_bytes(norm.reshape(1)))
         # 2^16 s / norm; 0 for a zero norm (x == 0: levels 0); finite even for a subnormal norm
         factor = torch.where(norm > 0, top / norm, 0.0).clamp_(max=torch.finfo(torch.float32).max)
         seed = _draw_seed(generator)
-        if native.usable(flat, out):
-            native.quantize_pack(flat, native.QSGD, self.bits, top, factor.item(), seed.item(), out[4:])
-            return
 
         def fill(chunk: torch.Tensor, codes: torch.Tensor, start: int) -> None:
             fixed = chunk.abs().mul_(factor).clamp_(max=top)
@@ -716,11 +750,7 @@ class QSGD(Codec):
         _encode_chunks(flat, self.bits, out[4:], fill)
 
     def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        norm = _from_bytes(wire[:4], torch.float32)
-        codes = torch.arange(2**self.bits, device=out.device)
-        sign = 1 - 2 * (codes & 1).to(torch.float32)
-        level = (codes >> 1).to(torch.float32)
-        _decode_codes(wire[4:], self.bits, sign * level * norm / self.levels, out)
+        _decode_codes(wire, self.bits, _signed_levels(self.bits, out.device), True, self.levels, out)
 
 
 @dataclass(frozen=True, repr=False)
@@ -759,7 +789,7 @@ class Moniqua(Codec):
         scale, offset = (2**self.bits - 1) * _ROUNDING_STEPS, (2**self.bits - 1) * _ROUNDING_STEPS // 2
         seed = _draw_seed(generator)
         if native.usable(flat, out):
-            native.quantize_pack(flat, native.MONIQUA, self.bits, scale, offset, seed.item(), out)
+            native.quantize_pack(flat, native.MONIQUA, self.bits, 0, int(seed), out)
             return
 
         def fill(chunk: torch.Tensor, codes: torch.Tensor, start: int) -> None:
@@ -769,9 +799,7 @@ class Moniqua(Codec):
         _encode_chunks(flat, self.bits, out, fill)
 
     def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        n = 2**self.bits - 1
-        k = torch.arange(n + 1, dtype=torch.float32, device=out.device)
-        _decode_codes(wire, self.bits, (2 * k - n) / (2 * n), out)
+        _decode_codes(wire, self.bits, _moniqua_levels(self.bits, out.device), False, 2 * (2**self.bits - 1), out)
 
 
 CODECS: dict[str, type[Codec]] = {

@@ -66,6 +66,32 @@ def test_kernels_write_the_torch_paths_bytes(
     assert torch.equal(decoded, expected_decoded)
 
 
+#: Inputs at the edges of the scales and clamps.
+EXTREMES = {
+    "zeros": [0.0] * 9,
+    "subnormal norm": [1e-45, -3e-45, 0.0, 2e-45],  # QSGD's factor overflows: clamped to the largest float
+    "norm above fp32": [3e38, -3e38, 3e38],  # the double norm rounds to inf
+    "infinite": [float("inf"), -1.0, 0.5],
+    "nan": [float("nan"), 1.0, -2.0],
+}
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("values", EXTREMES.values(), ids=EXTREMES.keys())
+@pytest.mark.parametrize("codec", [build("sign"), build("qsgd", levels=5), build("moniqua", bits=3)], ids=repr)
+def test_kernels_encode_extreme_inputs_as_the_torch_path(
+    codec: compression.Codec, values: list[float], isa: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native, "_library", lambda: native._load(isa))
+    x = torch.tensor(values * 30)
+    wire, decoded = messages(codec, x, seed=3)
+    torch_path(monkeypatch)
+    expected_wire, expected_decoded = messages(codec, x, seed=3)
+    assert torch.equal(wire, expected_wire)
+    torch.testing.assert_close(decoded, expected_decoded, rtol=0, atol=0, equal_nan=True)
+
+
 @needs_native
 def test_decode_reads_a_wire_at_any_byte_offset() -> None:
     codec = build("qsgd", levels=3)  # 3 bits: codes straddle bytes

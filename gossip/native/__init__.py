@@ -46,7 +46,6 @@ __all__ = [
     "randomk_bitmap",
     "sample_threshold",
     "sparse_scatter",
-    "square_sum",
     "sweep",
     "topk_select",
     "usable",
@@ -69,18 +68,14 @@ ISA_FLAGS = {
     "avx2": ("-mavx2", "-mbmi", "-mbmi2", "-mpopcnt"),
     "avx512": ("-mavx2", "-mbmi", "-mbmi2", "-mpopcnt", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"),
 }
-#: Elements per block of the kernels' thread split (BLOCK in codecs.c).
-BLOCK = 2**16
-
 SIGN, QSGD, MONIQUA = 0, 1, 2  # the kinds of gossip_quantize_pack
 #: Spare slots beyond k in top-k's outputs, for whole-vector stores (SLACK in codecs.c).
 SLACK = 16
 
 _i64, _u64, _int, _f32, _ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
 _SIGNATURES = {
-    "gossip_quantize_pack": (ctypes.c_double, [_ptr, _i64, _int, _int, _f32, _f32, _u64, _ptr, _ptr, _int]),
-    "gossip_square_sum": (ctypes.c_double, [_ptr, _i64, _ptr, _int]),
-    "gossip_lookup_decode": (None, [_ptr, _i64, _int, _ptr, _ptr, _int]),
+    "gossip_quantize_pack": (_int, [_ptr, _i64, _int, _int, _int, _u64, _ptr, _int]),
+    "gossip_lookup_decode": (None, [_ptr, _i64, _int, _ptr, _int, _f32, _ptr, _int]),
     "gossip_sample_threshold": (ctypes.c_uint32, [_ptr, _i64, _i64, _i64]),
     "gossip_topk_select": (_i64, [_ptr, _i64, ctypes.c_uint32, _i64, _ptr, _ptr, _i64, _ptr, _ptr, _int]),
     "gossip_sparse_scatter": (_int, [_ptr, _ptr, _i64, _i64, _ptr, _int]),
@@ -177,38 +172,41 @@ def available() -> bool:
 
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the kernels can run on these tensors: available, and all on the CPU and contiguous."""
-    return all(t.device.type == "cpu" and t.is_contiguous() for t in tensors) and available()
+    for tensor in tensors:
+        if not (tensor.is_cpu and tensor.is_contiguous()):
+            return False
+    return available()
 
 
 def _threads() -> int:
     return torch.get_num_threads()
 
 
-def quantize_pack(x: torch.Tensor, kind: int, bits: int, scale: float, offset: float, seed: int,
-                  out: torch.Tensor) -> float:
-    """Write the ``bits``-bit codes of fp32 ``x`` into uint8 ``out`` as one packed stream.
+def quantize_pack(x: torch.Tensor, kind: int, bits: int, levels: int, seed: int, wire: torch.Tensor) -> None:
+    """Write the whole message of fp32 ``x`` into uint8 ``wire``, as the codec of ``kind`` does:
 
-    ``kind`` is SIGN (``x >= 0``), QSGD (``2 * round(min(|x| * offset, scale)) + (x < 0)``) or
-    MONIQUA (``round(clamp(x, -1/2, 1/2) * scale + offset)``), rounding stochastically in 2^-16
-    steps with the counter-based noise of ``seed`` (see ``compression._rounding_noise``).  For
-    SIGN, returns the sum of ``|x|`` accumulated in double in the same pass (else 0).
+    * SIGN: fp32 ``||x||_1 / d``, then the 1-bit codes ``x >= 0``;
+    * QSGD: fp32 ``||x||_2``, then the ``bits``-bit codes ``2 * round(min(|x| * f, t)) + (x < 0)``
+      for ``t = levels * 2^16`` and ``f = t / ||x||_2`` (0 for a zero norm);
+    * MONIQUA: the ``bits``-bit codes ``round(clamp(x, -1/2, 1/2) * n * 2^16 + n * 2^15)``, ``n = 2^bits - 1``.
+
+    Rounding is stochastic in 2^-16 steps with the counter-based noise of ``seed`` (see
+    ``compression._rounding_noise``); the norms accumulate in double.  Raises MemoryError, writing
+    nothing, when the per-block sums (``d / 2^16`` doubles) cannot be allocated.
     """
-    sums = torch.empty(-(-x.numel() // BLOCK), dtype=torch.float64) if kind == SIGN else None  # kept alive
-    return _library().gossip_quantize_pack(x.data_ptr(), x.numel(), kind, bits, scale, offset, seed,
-                                           out.data_ptr(), None if sums is None else sums.data_ptr(), _threads())
+    status = _library().gossip_quantize_pack(x.data_ptr(), x.numel(), kind, bits, levels, seed, wire.data_ptr(),
+                                             _threads())
+    if status != 0:
+        raise MemoryError(f"gossip.native.quantize_pack: no memory for the block sums of {x.numel()} elements")
 
 
-def square_sum(x: torch.Tensor) -> float:
-    """The sum of ``x**2`` (fp32 ``x``) accumulated in double."""
-    sums = torch.empty(-(-x.numel() // BLOCK), dtype=torch.float64)
-    return _library().gossip_square_sum(x.data_ptr(), x.numel(), sums.data_ptr(), _threads())
-
-
-def lookup_decode(wire: torch.Tensor, bits: int, table: torch.Tensor, out: torch.Tensor) -> None:
-    """``out[i] = table[code i]`` for the ``out.numel()`` packed ``bits``-bit codes of ``wire``."""
-    table = table.to(torch.float32).contiguous()
-    _library().gossip_lookup_decode(wire.data_ptr(), out.numel(), bits, table.data_ptr(), out.data_ptr(),
-                                    _threads())
+def lookup_decode(wire: torch.Tensor, bits: int, base: torch.Tensor, scaled: bool, divisor: float,
+                  out: torch.Tensor) -> None:
+    """``out[i] = base[c] * scale / divisor`` (fp32 operations) for the ``out.numel()`` packed
+    ``bits``-bit codes ``c`` of ``wire``; with ``scaled`` the wire starts with the fp32 ``scale`` and
+    the codes follow, else ``scale`` is 1.  ``base`` is a contiguous fp32 tensor of ``2**bits`` values."""
+    _library().gossip_lookup_decode(wire.data_ptr(), out.numel(), bits, base.data_ptr(), scaled, divisor,
+                                    out.data_ptr(), _threads())
 
 
 def sample_threshold(x: torch.Tensor, stride: int, rank: int) -> int:

@@ -11,6 +11,7 @@
  * multiple of 64, so a block starts on a whole byte of every packed stream and on a whole word of a
  * bitmap).
  */
+#include <float.h>
 #include <math.h>
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -27,12 +28,16 @@
  * Rounding noise: word w of the stream is splitmix64's output for counter w; element i uses the
  * signed 16-bit lane i % 4 of word i / 4 (little-endian), as compression._rounding_noise does.
  * -------------------------------------------------------------------------------------------- */
-static inline uint64_t mix64(uint64_t seed, uint64_t counter) {
-    uint64_t z = seed + (counter + 1) * 0x9E3779B97F4A7C15ull;
+#define GOLDEN 0x9E3779B97F4A7C15ull
+
+/* splitmix64's output from its state z = seed + (counter + 1) * GOLDEN. */
+INLINE uint64_t mix64_state(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
+
+INLINE uint64_t mix64(uint64_t seed, uint64_t counter) { return mix64_state(seed + (counter + 1) * GOLDEN); }
 
 /* ----------------------------------------------------------------------------------------------
  * Quantise and pack: codes of `bits` bits, eight per `bits` bytes, little-endian bit stream.
@@ -68,7 +73,8 @@ INLINE void store_bytes(uint8_t *out, uint64_t lane, int64_t bytes) {
 
 /* Float vectors as wide as the build's instruction set, for the clamps: compilers turn the scalar
  * `a > b ? a : b` into a compare and a blend, while max/min instructions return the same (the
- * second operand when either is NaN) in one. */
+ * second operand when either is NaN) in one.  The clamps put the value second, so that a NaN
+ * passes through them as through torch's. */
 #if defined(__AVX512F__)
 typedef __m512 vfloat;
 #define VWIDTH 16
@@ -204,13 +210,14 @@ INLINE void step_codes(const float *v, int kind, int bits, float scale, float of
         int16_t noise[STEP];
         for (int j = 0; j < STEP; j += VWIDTH) { /* QSGD: min(|v| offset, scale); MONIQUA: clamp, scale, offset */
             vfloat value = vload(v + j);
-            if (kind == QSGD) vstore(fixed + j, vmin(vmul(vabs(value), vset(offset)), vset(scale)));
-            else vstore(fixed + j, vadd(vmul(vmin(vmax(value, vset(-0.5f)), vset(0.5f)), vset(scale)), vset(offset)));
+            if (kind == QSGD) vstore(fixed + j, vmin(vset(scale), vmul(vabs(value), vset(offset))));
+            else vstore(fixed + j, vadd(vmul(vmin(vset(0.5f), vmax(vset(-0.5f), value)), vset(scale)), vset(offset)));
         }
-        for (int w = 0; w < STEP / 4; w++) words[w] = mix64(seed, ((uint64_t)group >> 2) + w);
+        uint64_t state = seed + ((uint64_t)group / 4 + 1) * GOLDEN; /* word w's state: state + w GOLDEN */
+        for (int w = 0; w < STEP / 4; w++) words[w] = mix64_state(state + (uint64_t)w * GOLDEN);
         memcpy(noise, words, sizeof noise);
-        int32_t steps[STEP];
-        for (int j = 0; j < STEP; j++) steps[j] = (int32_t)fixed[j] + (int32_t)noise[j] + 32768;
+        uint32_t steps[STEP]; /* wrapping, as torch's int32 (NaN converts to INT32_MIN on both) */
+        for (int j = 0; j < STEP; j++) steps[j] = (uint32_t)(int32_t)fixed[j] + (uint32_t)(int32_t)noise[j] + 32768u;
         for (int j = 0; j < STEP; j++) codes[j] = (uint8_t)(steps[j] >> 16);
         if (kind == QSGD)
             for (int j = 0; j < STEP; j++) codes[j] = (uint8_t)(2 * codes[j] + (v[j] < 0.0f));
@@ -285,16 +292,38 @@ static void quantize_range(void *context, int64_t first, int64_t last, int part)
     else BITS_CASES(MONIQUA)
 }
 
-/* For SIGN, returns the sum of |x| (blocks added in order); `abs_sums` holds ceil(count / BLOCK)
- * doubles.  Other kinds return 0 and may pass NULL. */
-double gossip_quantize_pack(const float *x, int64_t count, int kind, int bits, float scale, float offset,
-                            uint64_t seed, uint8_t *out, double *abs_sums, int threads) {
-    quantize_job job = {x, scale, offset, seed, out, abs_sums, kind, bits};
+/* The sum of x^2 in double: per block in LANES lanes, blocks added in order (QSGD's norm). */
+static double square_sum(const float *x, int64_t count, double *block_sums, int threads);
+
+/* One whole message into `wire` (compression.py's wire formats): SIGN: fp32 ||x||_1 / count, then the
+ * signs; QSGD: fp32 ||x||_2, then the codes of levels `levels` (factor levels 2^16 / ||x||_2, 0 for a
+ * zero norm, clamped to the largest float); MONIQUA: the `bits`-bit codes only.  The sums accumulate
+ * in double, per block in a fixed order.  Returns 0, or -1 (nothing written) when the per-block sums
+ * cannot be allocated. */
+int gossip_quantize_pack(const float *x, int64_t count, int kind, int bits, int levels, uint64_t seed,
+                         uint8_t *wire, int threads) {
+    int64_t blocks = (count + BLOCK - 1) / BLOCK;
+    double *block_sums = kind == MONIQUA ? NULL : malloc((size_t)blocks * sizeof(double));
+    if (kind != MONIQUA && !block_sums) return -1;
+    quantize_job job = {x, 0.0f, 0.0f, seed, kind == MONIQUA ? wire : wire + 4, block_sums, kind, bits};
+    float header = 0.0f;
+    if (kind == QSGD) {
+        float top = (float)levels * 65536.0f, norm = (float)sqrt(square_sum(x, count, block_sums, threads));
+        float factor = norm > 0.0f ? top / norm : 0.0f; /* fp32 division, as torch's */
+        job.scale = top, job.offset = factor < FLT_MAX ? factor : FLT_MAX, header = norm;
+    } else if (kind == MONIQUA) {
+        float levels_minus_one = (float)((1 << bits) - 1);
+        job.scale = levels_minus_one * 65536.0f, job.offset = levels_minus_one * 32768.0f;
+    }
     parallel_for(count, BLOCK, threads, quantize_range, &job);
-    double total = 0.0;
-    if (kind == SIGN)
-        for (int64_t b = 0; b < (count + BLOCK - 1) / BLOCK; b++) total += abs_sums[b];
-    return total;
+    if (kind == SIGN) {
+        double total = 0.0;
+        for (int64_t b = 0; b < blocks; b++) total += block_sums[b];
+        header = (float)(total / (double)count);
+    }
+    if (kind != MONIQUA) memcpy(wire, &header, 4);
+    free(block_sums);
+    return 0;
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -319,7 +348,7 @@ static void squares_range(void *context, int64_t first, int64_t last, int part) 
 }
 
 /* `block_sums` holds ceil(count / BLOCK) doubles. */
-double gossip_square_sum(const float *x, int64_t count, double *block_sums, int threads) {
+static double square_sum(const float *x, int64_t count, double *block_sums, int threads) {
     squares_job job = {x, block_sums};
     parallel_for(count, BLOCK, threads, squares_range, &job);
     double total = 0.0;
@@ -328,16 +357,90 @@ double gossip_square_sum(const float *x, int64_t count, double *block_sums, int 
 }
 
 /* ----------------------------------------------------------------------------------------------
- * Decode through a table: out[i] = table[code i] for the packed `bits`-bit codes of `wire`.  When
- * `bits` divides 8, each byte's 8 / bits values are copied at once from a table of all 256 bytes.
+ * Decode through a table: out[i] = table[code i] for the packed `bits`-bit codes of `wire`, where
+ * table[c] = base[c] * scale / divisor in fp32 (the torch path's operations).  With AVX-512 or AVX2,
+ * a vector of codes is cut out of the stream at once (its bytes shuffled into place and shifted) and
+ * looked up by a permute (tables of up to 16 or 8 entries) or a gather; otherwise, when `bits`
+ * divides 8, each byte's 8 / bits values are copied at once from a table of all 256 bytes.
  * -------------------------------------------------------------------------------------------- */
 typedef struct {
     const uint8_t *wire;
+    int64_t wire_bytes;
     int bits;
-    const float *table;
-    const float *byte_table; /* 256 rows of 8 / bits values when bits divides 8 */
+    const float *table;      /* 2^bits entries */
+    const float *byte_table; /* 256 rows of 8 / bits values when bits divides 8 (no vector path) */
     float *out;
 } lookup_job;
+
+#if defined(__AVX512BW__)
+#define CODES_PER_VECTOR 16
+typedef __m512i vcodes;
+#elif defined(__AVX2__)
+#define CODES_PER_VECTOR 8
+typedef __m256i vcodes;
+#else
+#define CODES_PER_VECTOR 0
+#endif
+
+#if CODES_PER_VECTOR
+/* Where code j of a vector sits in its 16-byte window: the shuffle taking its one or two bytes
+ * into int32 lane j, and the right shift that leaves the code in the low bits. */
+typedef struct {
+    int8_t shuffle[4 * CODES_PER_VECTOR];
+    int32_t shift[CODES_PER_VECTOR];
+} code_places;
+
+static code_places places_for(int bits) {
+    code_places places;
+    memset(places.shuffle, -1, sizeof places.shuffle); /* -1: a zero byte */
+    for (int j = 0; j < CODES_PER_VECTOR; j++) {
+        int bit = j * bits;
+        places.shuffle[4 * j] = (int8_t)(bit / 8);
+        if (bit % 8 + bits > 8) places.shuffle[4 * j + 1] = (int8_t)(bit / 8 + 1);
+        places.shift[j] = bit % 8;
+    }
+    return places;
+}
+
+/* out[0, CODES_PER_VECTOR) := the table entries of the codes whose stream starts at `window`
+ * (16 readable bytes); `bits` constant after inlining. */
+INLINE void lookup_vector(const uint8_t *window, const code_places *places, const float *table, int bits,
+                          float *out) {
+    __m128i bytes = _mm_loadu_si128((const __m128i *)window);
+#if defined(__AVX512BW__)
+    __m512i picked = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(bytes), _mm512_loadu_si512(places->shuffle));
+    __m512i codes = _mm512_and_si512(_mm512_srlv_epi32(picked, _mm512_loadu_si512(places->shift)),
+                                     _mm512_set1_epi32((1 << bits) - 1));
+    __m512 values = bits <= 4 ? _mm512_permutexvar_ps(codes, _mm512_loadu_ps(table))
+                  : bits == 5 ? _mm512_permutex2var_ps(_mm512_loadu_ps(table), codes, _mm512_loadu_ps(table + 16))
+                              : _mm512_i32gather_ps(codes, table, 4);
+    _mm512_storeu_ps(out, values);
+#else
+    __m256i picked = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(bytes),
+                                         _mm256_loadu_si256((const __m256i *)places->shuffle));
+    __m256i codes = _mm256_and_si256(_mm256_srlv_epi32(picked, _mm256_loadu_si256((const __m256i *)places->shift)),
+                                     _mm256_set1_epi32((1 << bits) - 1));
+    __m256 values;
+    if (bits <= 3) values = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), codes);
+    else if (bits == 4) /* two 8-entry halves, chosen by bit 3 (moved to the sign bit) */
+        values = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(table), codes),
+                                  _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), codes),
+                                  _mm256_castsi256_ps(_mm256_slli_epi32(codes, 28)));
+    else values = _mm256_i32gather_ps(table, codes, 4);
+    _mm256_storeu_ps(out, values);
+#endif
+}
+
+/* Codes [first, last) by vectors, as far as each vector's 16-byte window lies inside the wire;
+ * returns where it stopped. */
+INLINE int64_t lookup_vectors(const lookup_job *job, int64_t first, int64_t last, int bits) {
+    code_places places = places_for(bits);
+    int64_t group = first;
+    for (; group + CODES_PER_VECTOR <= last && group / 8 * bits + 16 <= job->wire_bytes; group += CODES_PER_VECTOR)
+        lookup_vector(job->wire + group / 8 * bits, &places, job->table, bits, job->out + group);
+    return group;
+}
+#endif
 
 INLINE void lookup_bytes(const lookup_job *job, int64_t first, int64_t last, int per_byte) {
     const uint8_t *wire = job->wire + first / per_byte; /* first: a multiple of BLOCK */
@@ -353,15 +456,27 @@ static void lookup_range(void *context, int64_t first, int64_t last, int part) {
     (void)part;
     const lookup_job *job = (const lookup_job *)context;
     int bits = job->bits;
-    int64_t whole = job->byte_table ? first + (last - first) / (8 / bits) * (8 / bits) : first;
+    int64_t done = job->byte_table ? first + (last - first) / (8 / bits) * (8 / bits) : first;
     switch (job->byte_table ? bits : 0) {
-    case 1: lookup_bytes(job, first, whole, 8); break;
-    case 2: lookup_bytes(job, first, whole, 4); break;
-    case 4: lookup_bytes(job, first, whole, 2); break;
-    case 8: lookup_bytes(job, first, whole, 1); break;
+    case 1: lookup_bytes(job, first, done, 8); break;
+    case 2: lookup_bytes(job, first, done, 4); break;
+    case 4: lookup_bytes(job, first, done, 2); break;
+    case 8: lookup_bytes(job, first, done, 1); break;
     }
+#if CODES_PER_VECTOR
+    switch (bits) {
+    case 1: done = lookup_vectors(job, first, last, 1); break;
+    case 2: done = lookup_vectors(job, first, last, 2); break;
+    case 3: done = lookup_vectors(job, first, last, 3); break;
+    case 4: done = lookup_vectors(job, first, last, 4); break;
+    case 5: done = lookup_vectors(job, first, last, 5); break;
+    case 6: done = lookup_vectors(job, first, last, 6); break;
+    case 7: done = lookup_vectors(job, first, last, 7); break;
+    default: done = lookup_vectors(job, first, last, 8); break;
+    }
+#endif
     uint64_t mask = (1u << bits) - 1;
-    for (int64_t group = whole; group < last; group += 8) { /* bits not dividing 8, and the tail */
+    for (int64_t group = done; group < last; group += 8) { /* what is left: eight codes at a time */
         int64_t end = group + 8 < last ? group + 8 : last;
         int64_t bit = group * bits, bytes = ((end - group) * bits + bit % 8 + 7) / 8;
         uint64_t lane = 0;
@@ -371,11 +486,15 @@ static void lookup_range(void *context, int64_t first, int64_t last, int part) {
     }
 }
 
-void gossip_lookup_decode(const uint8_t *wire, int64_t count, int bits, const float *table, float *out,
-                          int threads) {
+/* With `scaled`, the wire starts with the fp32 scale and the codes follow; else the scale is 1. */
+void gossip_lookup_decode(const uint8_t *wire, int64_t count, int bits, const float *base, int scaled,
+                          float divisor, float *out, int threads) {
+    float scale = 1.0f, table[256];
+    if (scaled) memcpy(&scale, wire, 4), wire += 4;
+    for (int code = 0; code < 1 << bits; code++) table[code] = base[code] * scale / divisor;
+    lookup_job job = {wire, (count * bits + 7) / 8, bits, table, NULL, out};
     float byte_table[256 * 8];
-    lookup_job job = {wire, bits, table, NULL, out};
-    if (8 % bits == 0) {
+    if (!CODES_PER_VECTOR && 8 % bits == 0) {
         int per_byte = 8 / bits;
         for (int byte = 0; byte < 256; byte++)
             for (int j = 0; j < per_byte; j++)
