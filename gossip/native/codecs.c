@@ -587,26 +587,32 @@ static void candidates_range(void *context, int64_t first, int64_t last, int par
 }
 
 /* The key of rank k (1 = largest) among the keys of `values`; *ties_taken := how many entries with
- * that key are among the k largest, *ties := how many there are.  A radix select over the bits in which the keys differ (found
- * first by an AND and an OR of all keys), at most 11 bits per pass, counting into four histograms
- * in turn so that repeated bins do not serialise the increments. */
+ * that key are among the k largest, *ties := how many there are.  A radix select over the bits in
+ * which the keys differ (found first by an AND and an OR of all keys), at most 11 bits per pass,
+ * counting into four histograms in turn so that repeated bins do not serialise the increments.
+ * After each pass the keys that still share the decided prefix are copied out, so that later passes
+ * read only those (when the copy cannot be allocated, every pass reads all keys). */
 static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, int64_t *ties_taken,
                                 int64_t *ties) {
     uint32_t common = ~0u, any = 0;
     for (int64_t i = 0; i < count; i++) common &= magnitude_key(values[i]), any |= magnitude_key(values[i]);
     int low = (common ^ any) ? 32 - __builtin_clz(common ^ any) : 0; /* bits 0 .. low - 1 differ */
     uint32_t decided = (uint32_t)(~0ull << low), prefix = common & decided;
-    int64_t needed = k;
+    int64_t needed = k, kept = 0;
+    uint32_t *keys = NULL; /* the keys that share the prefix, once copied out */
     *ties = count; /* all keys are equal unless a pass below finds otherwise */
     while (low > 0) {
         int width = low < 11 ? low : 11, shift = low - width;
         uint32_t counts[4][2049]; /* bin 2048: keys outside the prefix */
         memset(counts, 0, sizeof counts);
-        for (int64_t i = 0; i < count; i++) {
-            uint32_t key = magnitude_key(values[i]);
-            uint32_t bin = (key & decided) == prefix ? (key >> shift) & ((1u << width) - 1) : 2048;
-            counts[i & 3][bin]++;
-        }
+        if (keys)
+            for (int64_t i = 0; i < kept; i++) counts[i & 3][(keys[i] >> shift) & ((1u << width) - 1)]++;
+        else
+            for (int64_t i = 0; i < count; i++) {
+                uint32_t key = magnitude_key(values[i]);
+                uint32_t bin = (key & decided) == prefix ? (key >> shift) & ((1u << width) - 1) : 2048;
+                counts[i & 3][bin]++;
+            }
         int bin = (1 << width) - 1;
         for (;; bin--) {
             *ties = (int64_t)counts[0][bin] + counts[1][bin] + counts[2][bin] + counts[3][bin];
@@ -616,7 +622,18 @@ static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, i
         prefix |= (uint32_t)bin << shift;
         decided |= ((1u << width) - 1) << shift;
         low = shift;
+        if (low > 0 && keys) { /* in place: the write position never passes the read position */
+            int64_t at = 0;
+            for (int64_t i = 0; i < kept; i++) keys[at] = keys[i], at += (keys[i] & decided) == prefix;
+            kept = at;
+        } else if (low > 0 && (keys = malloc((size_t)*ties * sizeof(uint32_t))) != NULL) {
+            for (int64_t i = 0; i < count; i++) {
+                uint32_t key = magnitude_key(values[i]);
+                if ((key & decided) == prefix) keys[kept++] = key;
+            }
+        }
     }
+    free(keys);
     *ties_taken = needed;
     return prefix;
 }
@@ -698,7 +715,8 @@ int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, in
 
 /* ----------------------------------------------------------------------------------------------
  * Sparse decode: out := zeros with values[j] at indices[j], for indices strictly ascending in
- * [0, count); each part finds its first index by bisection and fills the gaps with zeros.
+ * [0, count); each part finds its first index by bisection, then zeroes one block at a time and
+ * writes the block's values while it is still in cache (one memset per block, not one per gap).
  * -------------------------------------------------------------------------------------------- */
 typedef struct {
     const int32_t *indices;
@@ -710,19 +728,17 @@ typedef struct {
 static void sparse_range(void *context, int64_t first, int64_t last, int part) {
     (void)part;
     const sparse_job *job = (const sparse_job *)context;
-    int64_t low = 0, high = job->k; /* the first j with indices[j] >= first */
-    while (low < high) {
-        int64_t middle = (low + high) / 2;
-        if (job->indices[middle] < first) low = middle + 1;
+    int64_t j = 0, high = job->k; /* the first j with indices[j] >= first */
+    while (j < high) {
+        int64_t middle = (j + high) / 2;
+        if (job->indices[middle] < first) j = middle + 1;
         else high = middle;
     }
-    int64_t at = first;
-    for (int64_t j = low; j < job->k && job->indices[j] < last; j++) {
-        memset(job->out + at, 0, (size_t)(job->indices[j] - at) * sizeof(float));
-        job->out[job->indices[j]] = job->values[j];
-        at = job->indices[j] + 1;
+    for (int64_t block = first; block < last; block += BLOCK) {
+        int64_t end = block + BLOCK < last ? block + BLOCK : last;
+        memset(job->out + block, 0, (size_t)(end - block) * sizeof(float));
+        for (; j < job->k && job->indices[j] < end; j++) job->out[job->indices[j]] = job->values[j];
     }
-    memset(job->out + at, 0, (size_t)(last - at) * sizeof(float));
 }
 
 /* Returns 0, writing nothing, unless the indices are strictly ascending in [0, count). */
