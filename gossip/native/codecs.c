@@ -191,8 +191,13 @@ INLINE void store_lanes(uint8_t *out, lanes8 lanes, int bits) {
     case 2: STORE_NARROW(out, lanes, 2, lanes8_u16); return;
     case 4: STORE_NARROW(out, lanes, 4, lanes8_u32); return;
     case 8: memcpy(out, &lanes, 64); return;
-    default:
-        for (int lane = 0; lane < 8; lane++) store_bytes(out + lane * bits, lanes[lane], bits);
+    default: /* whole words in lane order, each lane's spare bytes overwritten by the lanes after it;
+                the last lanes, whose word would pass the step's 8 * bits bytes, byte by byte */
+        for (int lane = 0; lane < 8; lane++) {
+            uint64_t word = lanes[lane];
+            if (lane * bits + 8 <= 8 * bits) memcpy(out + lane * bits, &word, 8);
+            else store_bytes(out + lane * bits, word, bits);
+        }
     }
 }
 
