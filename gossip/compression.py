@@ -785,12 +785,12 @@ class Moniqua(Codec):
         return _packed_bytes(numel, self.bits)
 
     def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        # 2^16 (x*n + n/2), exactly: scaling by a power of two commutes with rounding
-        scale, offset = (2**self.bits - 1) * _ROUNDING_STEPS, (2**self.bits - 1) * _ROUNDING_STEPS // 2
         seed = _draw_seed(generator)
         if native.usable(flat, out):
             native.quantize_pack(flat, native.MONIQUA, self.bits, 0, int(seed), out)
             return
+        # 2^16 (x*n + n/2), exactly: scaling by a power of two commutes with rounding
+        scale, offset = (2**self.bits - 1) * _ROUNDING_STEPS, (2**self.bits - 1) * _ROUNDING_STEPS // 2
 
         def fill(chunk: torch.Tensor, codes: torch.Tensor, start: int) -> None:
             fixed = chunk.clamp(-0.5, 0.5).mul_(scale).add_(offset)
