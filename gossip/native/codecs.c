@@ -494,7 +494,7 @@ static void lookup_range(void *context, int64_t first, int64_t last, int part) {
 /* With `scaled`, the wire starts with the fp32 scale and the codes follow; else the scale is 1. */
 void gossip_lookup_decode(const uint8_t *wire, int64_t count, int bits, const float *base, int scaled,
                           float divisor, float *out, int threads) {
-    float scale = 1.0f, table[256];
+    float scale = 1.0f, table[256] = {0}; /* whole vectors of it are loaded: no unset entries */
     if (scaled) memcpy(&scale, wire, 4), wire += 4;
     for (int code = 0; code < 1 << bits; code++) table[code] = base[code] * scale / divisor;
     lookup_job job = {wire, (count * bits + 7) / 8, bits, table, NULL, out};
