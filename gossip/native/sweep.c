@@ -5,14 +5,21 @@
  * Mᵀ v̂ (v̂ of length rows).  Done with separate matrix products, that is one pass over M for the
  * update and one per edge (or cache-sized chunks of M in turn, each a handful of small BLAS calls);
  * here each row is updated and projected while it sits in the first-level cache, so M moves
- * through memory once per round, read and written.
+ * through memory once per round, read and written.  Side 0 updates a row and takes its dot products
+ * in one pass over it, the sums in vector registers; side 1 updates ROW_GROUP rows at a time and
+ * adds them into its column sums in one pass, so that each sum is loaded and stored once per group.
+ * A row's last columns (fewer than a vector) go through masked vector loads and stores.
  *
  * Results do not depend on the number of threads or on the build: the threads split the rows in
  * whole blocks of a fixed number of rows (a function of cols alone); an entry's update is 0 plus
  * sum_k left[i][k] right[k][j] in k order, added to M; on side 0 a row's dot products are summed in
- * LANES lanes (whatever the vector width) and then a fixed tree; on side 1 each block sums its rows
- * in row order and the blocks' sums are added in block order.
+ * LANES lanes (whatever the vector width; the row zero-padded to whole steps of LANES) and then a
+ * fixed tree; on side 1 each block sums its rows in row order and the blocks' sums are added in
+ * block order.
  */
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +40,38 @@ typedef float vec_unaligned __attribute__((vector_size(4 * WIDTH), aligned(4)));
 INLINE vec vloadu(const float *p) { return *(const vec_unaligned *)p; }
 INLINE void vstoreu(float *p, vec v) { *(vec_unaligned *)p = v; }
 
+#if defined(__AVX__) && !defined(__AVX512F__)
+/* Masks of maskload/maskstore: the 8 entries from prefix_masks + 8 - n enable the first n lanes. */
+static const int32_t prefix_masks[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+#endif
+
+/* The first n (0 to WIDTH) floats at p, zeros in the lanes after them; nothing past p + n is read
+ * (masked loads), so that a row's tail goes through the vector code like its other columns. */
+INLINE vec vload_first(const float *p, int64_t n) {
+#if defined(__AVX512F__)
+    return (vec)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+#elif defined(__AVX__)
+    return (vec)_mm256_maskload_ps(p, _mm256_loadu_si256((const __m256i *)(prefix_masks + 8 - n)));
+#else
+    float part[WIDTH] = {0};
+    for (int64_t j = 0; j < n; j++) part[j] = p[j];
+    return vloadu(part);
+#endif
+}
+
+/* The first n (0 to WIDTH) lanes of v stored at p; nothing past p + n is written. */
+INLINE void vstore_first(float *p, vec v, int64_t n) {
+#if defined(__AVX512F__)
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+#elif defined(__AVX__)
+    _mm256_maskstore_ps(p, _mm256_loadu_si256((const __m256i *)(prefix_masks + 8 - n)), (__m256)v);
+#else
+    float part[WIDTH];
+    vstoreu(part, v);
+    for (int64_t j = 0; j < n; j++) p[j] = part[j];
+#endif
+}
+
 /* Lanes of a dot product (LANES / WIDTH vectors, whatever the vector unit: the same sums on every
  * build). */
 #define LANES 32
@@ -50,101 +89,163 @@ typedef struct {
     float *messages;           /* edge e's message (length × rank, row-major) at messages + e * stride */
     int64_t stride;
     int64_t block_rows;        /* rows per block of the thread split (and of side 1's sums) */
-    float *block_sums;         /* side 1: per block, per vector, cols partial sums */
+    float *block_sums;         /* side 1: per block, per vector, cols partial sums (`padded` apart) */
+    int64_t padded;            /* cols rounded up to whole vectors */
 } sweep_job;
 
-/* row += l @ right (l: the row's `width` factors, `step` apart; right: width × cols): per
- * entry, 0 plus the products in k order, then added to the row.  Inlined with a constant width for
- * the small ones (update_row), so that the factors are loaded once per row. */
-INLINE void update_columns(float *row, const float *l, int64_t step, const float *right, int64_t width, int64_t cols) {
-    float factors[width];
-    for (int64_t k = 0; k < width; k++) factors[k] = l[k * step];
-    int64_t j = 0;
-    for (; j + WIDTH <= cols; j += WIDTH) {
-        vec sum = {0};
-        for (int64_t k = 0; k < width; k++) sum += factors[k] * vloadu(right + k * cols + j);
-        vstoreu(row + j, vloadu(row + j) + sum);
-    }
-    for (; j < cols; j++) {
-        float sum = 0.0f;
-        for (int64_t k = 0; k < width; k++) sum += factors[k] * right[k * cols + j];
-        row[j] += sum;
-    }
-}
-
-/* Row i of the job's matrix updated over all its columns. */
-static void update_row(const sweep_job *job, int64_t i) {
-    float *row = job->matrix + i * job->cols;
-    const float *l = job->left + i * job->left_strides[0];
-    int64_t step = job->left_strides[1];
-    switch (job->width) {
-    case 0: return;
-    case 1: update_columns(row, l, step, job->right, 1, job->cols); return;
-    case 2: update_columns(row, l, step, job->right, 2, job->cols); return;
-    case 3: update_columns(row, l, step, job->right, 3, job->cols); return;
-    case 4: update_columns(row, l, step, job->right, 4, job->cols); return;
-    default: update_columns(row, l, step, job->right, job->width, job->cols);
-    }
-}
-
-/* sum_j row[j] v[j] over `count` entries: lane l sums the products of columns j = l (mod LANES) in
- * order up to the last whole step of LANES, the lanes are added by a fixed tree (l and l + 16, then
- * l and l + 8, 4, 2, 1), and the remaining products after that, in order. */
-INLINE float dot(const float *row, const float *v, int64_t count) {
-    vec parts[LANES / WIDTH] = {{0}};
-    int64_t j = 0;
-    for (; j + LANES <= count; j += LANES)
-        for (int q = 0; q < LANES / WIDTH; q++) parts[q] += vloadu(row + j + q * WIDTH) * vloadu(v + j + q * WIDTH);
-    int half = LANES / 2;
-    for (; half >= WIDTH; half /= 2)
-        for (int q = 0; q < half / WIDTH; q++) parts[q] += parts[q + half / WIDTH];
+/* The sum of v's lanes by a fixed tree: lanes l and l + WIDTH / 2, then l and l + WIDTH / 4, ...,
+ * then l and l + 1 (in registers where the vector unit has the shuffles). */
+INLINE float lanes_total(vec v) {
+#if defined(__AVX__)
+#if defined(__AVX512F__)
+    __m512 whole = (__m512)v;
+    __m256 eight = _mm256_add_ps(_mm512_castps512_ps256(whole),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(whole), 1)));
+#else
+    __m256 eight = (__m256)v;
+#endif
+    __m128 four = _mm_add_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps(eight, 1));
+    __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+    return _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps(two, two, 1)));
+#else
     float lanes[WIDTH];
-    vstoreu(lanes, parts[0]);
-    for (; half >= 1; half /= 2)
+    vstoreu(lanes, v);
+    for (int half = WIDTH / 2; half >= 1; half /= 2)
         for (int l = 0; l < half; l++) lanes[l] += lanes[l + half];
-    float total = lanes[0];
-    for (; j < count; j++) total += row[j] * v[j];
-    return total;
+    return lanes[0];
+#endif
 }
 
-/* sums[j] += row[j] * weight for `count` entries. */
-INLINE void add_scaled(float *sums, const float *row, float weight, int64_t count) {
+/* The `n` (at most WIDTH) entries at p: loaded whole, or masked in a row's last columns. */
+INLINE vec load_part(const float *p, int64_t n) { return n == WIDTH ? vloadu(p) : vload_first(p, n); }
+
+/* Row i's `n` (at most WIDTH) entries from column `start`, updated (when width > 0: stored back as
+ * the entry plus (0 plus sum_k factors[k] right[k][j] in k order)) and returned. */
+INLINE vec updated_part(const sweep_job *job, int64_t i, int64_t start, int64_t n, const float *factors,
+                        int64_t width) {
+    float *at = job->matrix + i * job->cols + start;
+    vec x = load_part(at, n);
+    if (width) {
+        vec sum = {0};
+        for (int64_t k = 0; k < width; k++) sum += factors[k] * load_part(job->right + k * job->cols + start, n);
+        x += sum;
+        if (n == WIDTH) vstoreu(at, x);
+        else vstore_first(at, x, n);
+    }
+    return x;
+}
+
+/* Row i's update factors left[i][k]. */
+INLINE void row_factors(const sweep_job *job, int64_t i, int64_t width, float *factors) {
+    for (int64_t k = 0; k < width; k++) factors[k] = job->left[i * job->left_strides[0] + k * job->left_strides[1]];
+}
+
+/* Side 0 on row i, in one pass over the row: each entry updated, then row · v for each of the
+ * `pairs` vectors (edge e's column c is pair e * rank + c): lane l sums the products of columns
+ * j = l (mod LANES) in order, the row zero-padded to whole steps of LANES (a padding product adds
+ * +0), then the lanes are added by a fixed tree (l and l + 16, then l and l + 8, 4, 2, 1).  Inlined
+ * with constant `width` and `pairs` for the usual ones, so that the sums stay in registers. */
+INLINE void row_dots(const sweep_job *job, int64_t i, int64_t width, int64_t pairs) {
+    enum { PARTS = LANES / WIDTH };
+    int64_t cols = job->cols, j = 0;
+    float factors[width + 1];
+    row_factors(job, i, width, factors);
+    vec parts[pairs ? pairs : 1][PARTS]; /* pairs 0: an update only */
+    memset(parts, 0, sizeof parts);
+    for (; j + LANES <= cols; j += LANES)
+        for (int q = 0; q < PARTS; q++) {
+            vec x = updated_part(job, i, j + q * WIDTH, WIDTH, factors, width);
+            for (int64_t p = 0; p < pairs; p++) parts[p][q] += x * vloadu(job->vectors + p * cols + j + q * WIDTH);
+        }
+    for (int q = 0; q < PARTS && j + q * WIDTH < cols; q++) { /* the partial last step */
+        int64_t start = j + q * WIDTH, n = cols - start < WIDTH ? cols - start : WIDTH;
+        vec x = updated_part(job, i, start, n, factors, width);
+        for (int64_t p = 0; p < pairs; p++) parts[p][q] += x * load_part(job->vectors + p * cols + start, n);
+    }
+    for (int64_t p = 0; p < pairs; p++) {
+        for (int half = LANES / 2; half >= WIDTH; half /= 2)
+            for (int q = 0; q < half / WIDTH; q++) parts[p][q] += parts[p][q + half / WIDTH];
+        job->messages[p / job->rank * job->stride + i * job->rank + p % job->rank] = lanes_total(parts[p][0]);
+    }
+}
+
+/* Rows side 1 adds into its sums together: each sum is loaded and stored once per group. */
+#define ROW_GROUP 8
+
+/* rows_into_sums on the `n` (at most WIDTH) columns from column j. */
+INLINE void sums_part(const sweep_job *job, int64_t i, int64_t count, int64_t j, int64_t n,
+                      const float *factors, const float *weights, float *sums, int64_t width, int64_t pairs) {
+    vec totals[pairs ? pairs : 1];
+    for (int64_t p = 0; p < pairs; p++) totals[p] = vloadu(sums + p * job->padded + j);
+    for (int64_t r = 0; r < count; r++) {
+        vec x = updated_part(job, i + r, j, n, factors + r * (width + 1), width);
+        for (int64_t p = 0; p < pairs; p++) totals[p] += x * weights[r * pairs + p];
+    }
+    for (int64_t p = 0; p < pairs; p++) vstoreu(sums + p * job->padded + j, totals[p]);
+}
+
+/* Side 1 on `count` (at most ROW_GROUP) rows from row i, in one pass over them: each entry updated,
+ * then added, times the `pairs` vectors' entry for its row, into sums (pair p's at sums + p *
+ * padded, with room up to whole vectors), row after row.  Inlined like row_dots. */
+INLINE void rows_into_sums(const sweep_job *job, int64_t i, int64_t count, float *sums, int64_t width,
+                           int64_t pairs) {
+    int64_t cols = job->cols;
+    float factors[ROW_GROUP * (width + 1)], weights[ROW_GROUP * (pairs ? pairs : 1)];
+    for (int64_t r = 0; r < count; r++) {
+        row_factors(job, i + r, width, factors + r * (width + 1));
+        for (int64_t p = 0; p < pairs; p++) weights[r * pairs + p] = job->vectors[p * job->rows + i + r];
+    }
     int64_t j = 0;
-    for (; j + WIDTH <= count; j += WIDTH) vstoreu(sums + j, vloadu(sums + j) + vloadu(row + j) * weight);
-    for (; j < count; j++) sums[j] += row[j] * weight;
+    for (; j + WIDTH <= cols; j += WIDTH) sums_part(job, i, count, j, WIDTH, factors, weights, sums, width, pairs);
+    if (j < cols) sums_part(job, i, count, j, cols - j, factors, weights, sums, width, pairs);
 }
 
-/* Side 0 (and update only): rows [first, last), each updated, then dotted with every edge's
- * vectors. */
+/* The call `body(job, ..., width, pairs)` with the job's width (0 to 4) and pairs (1 or 2) as
+ * constants, so that each pair of them gets its own loop; other values as variables. */
+#define WITH_PAIRS(call, width, pairs)                                                                    \
+    switch (pairs) {                                                                                       \
+    case 1: call(width, 1); break;                                                                         \
+    case 2: call(width, 2); break;                                                                         \
+    default: call(width, pairs);                                                                           \
+    }
+#define WITH_WIDTH_AND_PAIRS(call, width, pairs)                                                          \
+    switch (width) {                                                                                       \
+    case 0: WITH_PAIRS(call, 0, pairs) break;                                                              \
+    case 1: WITH_PAIRS(call, 1, pairs) break;                                                              \
+    case 2: WITH_PAIRS(call, 2, pairs) break;                                                              \
+    case 3: WITH_PAIRS(call, 3, pairs) break;                                                              \
+    case 4: WITH_PAIRS(call, 4, pairs) break;                                                              \
+    default: WITH_PAIRS(call, width, pairs)                                                                \
+    }
+
+/* Side 0 (and update only): rows [first, last), each updated and dotted with every pair's vector. */
 static void rows_range(void *context, int64_t first, int64_t last, int part) {
     (void)part;
     const sweep_job *job = (const sweep_job *)context;
-    int64_t cols = job->cols;
+    int64_t pairs = job->edges * job->rank;
     for (int64_t i = first; i < last; i++) {
-        float *row = job->matrix + i * cols;
-        update_row(job, i);
-        for (int64_t e = 0; e < job->edges; e++)
-            for (int64_t c = 0; c < job->rank; c++)
-                job->messages[e * job->stride + i * job->rank + c] =
-                    dot(row, job->vectors + (e * job->rank + c) * cols, cols);
+#define ROW_DOTS(width, pairs) row_dots(job, i, width, pairs)
+        WITH_WIDTH_AND_PAIRS(ROW_DOTS, job->width, pairs)
+#undef ROW_DOTS
     }
 }
 
 /* Side 1 on row blocks [first, last) (whole blocks of `block_rows` rows): each row updated, then
- * added, times each edge's vector entry for that row, into its block's sums (one row of cols
- * floats per vector), in row order; gossip_sweep adds the blocks' sums in block order. */
+ * added, times each pair's vector entry for that row, into its block's sums (one row of cols floats
+ * per pair, `padded` apart), in row order; gossip_sweep adds the blocks' sums in block order. */
 static void blocks_range(void *context, int64_t first, int64_t last, int part) {
     (void)part;
     const sweep_job *job = (const sweep_job *)context;
-    int64_t cols = job->cols, rows = job->rows, pairs = job->edges * job->rank;
+    int64_t pairs = job->edges * job->rank;
     for (int64_t block = first; block < last; block += job->block_rows) {
-        float *sums = job->block_sums + block / job->block_rows * pairs * cols;
-        memset(sums, 0, (size_t)(pairs * cols) * sizeof(float));
+        float *sums = job->block_sums + block / job->block_rows * pairs * job->padded;
+        memset(sums, 0, (size_t)(pairs * job->padded) * sizeof(float));
         int64_t end = block + job->block_rows < last ? block + job->block_rows : last;
-        for (int64_t i = block; i < end; i++) {
-            float *row = job->matrix + i * cols;
-            update_row(job, i);
-            for (int64_t p = 0; p < pairs; p++) add_scaled(sums + p * cols, row, job->vectors[p * rows + i], cols);
+        for (int64_t i = block; i < end; i += ROW_GROUP) {
+            int64_t count = end - i < ROW_GROUP ? end - i : ROW_GROUP;
+#define INTO_SUMS(width, pairs) rows_into_sums(job, i, count, sums, width, pairs)
+            WITH_WIDTH_AND_PAIRS(INTO_SUMS, job->width, pairs)
+#undef INTO_SUMS
         }
     }
 }
@@ -167,14 +268,15 @@ int gossip_sweep(float *matrix, int64_t rows, int64_t cols, const float *left, i
     }
     int64_t blocks = (rows + block_rows - 1) / block_rows;
     job.edges = edges;
-    job.block_sums = malloc((size_t)(blocks * pairs * cols) * sizeof(float));
+    job.padded = (cols + WIDTH - 1) / WIDTH * WIDTH;
+    job.block_sums = malloc((size_t)(blocks * pairs * job.padded) * sizeof(float));
     if (!job.block_sums) return -1; /* before any write: M is not half updated */
     parallel_for(rows, block_rows, threads, blocks_range, &job);
     for (int64_t p = 0; p < pairs; p++) {
         float *message = messages + p / rank * stride + p % rank;
         for (int64_t j = 0; j < cols; j++) {
-            float total = job.block_sums[p * cols + j];
-            for (int64_t b = 1; b < blocks; b++) total += job.block_sums[(b * pairs + p) * cols + j];
+            float total = job.block_sums[p * job.padded + j];
+            for (int64_t b = 1; b < blocks; b++) total += job.block_sums[(b * pairs + p) * job.padded + j];
             message[j * rank] = total;
         }
     }
