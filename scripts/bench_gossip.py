@@ -35,7 +35,9 @@ and its ``bytes_per_step`` the ring all-reduce count of what the hook sends.
 
 Simulation scaling: ``local``, ``dpsgd`` and ``powergossip-1`` are timed once more on the MLP
 (``--scale-model``) with ``--scale-to`` workers (default 32) in one process; a worker's step there
-should stay within 1.1× of its step with ``--workers`` (issue 8's target).
+should stay within 1.1× of its step with ``--workers`` (issue 8's target). Both ring sizes are
+measured in the same one-process job, each algorithm at ``--workers`` and then at ``--scale-to``
+within every repetition, so that the ratio compares measurements taken seconds apart, not minutes.
 
 The codec micro-benchmark is ``scripts/bench_codecs.py``; docs/performance.md has the latest tables.
 """
@@ -57,7 +59,7 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -404,12 +406,19 @@ def measure_ddp(workload: Workload, rank: int, processes: int, settings: Setting
 
 @dataclass(frozen=True)
 class Job:
-    """One model on ``processes`` processes: every label measured in turn."""
+    """One model on ``processes`` processes: every label measured in turn, on ``settings.workers``
+    workers and, for the ``scaled`` labels, right after that on ``scale_to`` workers too."""
 
     model: str
     processes: int
     labels: tuple[str, ...]
     settings: Settings
+    scale_to: int = 0
+    scaled: tuple[str, ...] = ()
+
+    def rings(self, label: str) -> tuple[int, ...]:
+        """The ring sizes ``label`` is measured on, in order."""
+        return (self.settings.workers, self.scale_to) if label in self.scaled else (self.settings.workers,)
 
 
 def pick_device(requested: str, rank: int = 0) -> torch.device:
@@ -446,23 +455,27 @@ def warn_if_busy() -> None:
               f"noisy (fewer --threads helps)", flush=True)
 
 
-def run_job(rank: int, job: Job) -> dict[str, list[Timing]]:
-    """Every label of ``job`` for process ``rank``, repetitions interleaved (repetition r of every
-    label before repetition r + 1 of any), so that a slow spell of the machine hits all alike;
-    rank 0 prints a line per repetition."""
+def run_job(rank: int, job: Job) -> dict[tuple[str, int], list[Timing]]:
+    """Every label of ``job`` on each of its ring sizes, for process ``rank``, by ``(label,
+    workers)``; repetitions interleaved (repetition r of every label before repetition r + 1 of
+    any), so that a slow spell of the machine hits all alike; rank 0 prints a line per repetition."""
     workload = WORKLOADS[job.model](job.settings)
     device = pick_device(job.settings.device, rank)
     settings = job.settings
-    results: dict[str, list[Timing]] = {label: [] for label in job.labels}
+    results: dict[tuple[str, int], list[Timing]] = {(label, n): [] for label in job.labels for n in job.rings(label)}
     for repetition in range(settings.repeats):
         for label in job.labels:
-            if label == DDP_LABEL:
-                results[label].append(measure_ddp(workload, rank, job.processes, settings, device))
-            else:
-                results[label].append(measure_gossip(label, workload, rank, job.processes, settings, device))
-            gc.collect()
+            for workers in job.rings(label):
+                ring = replace(settings, workers=workers)
+                if label == DDP_LABEL:
+                    timing = measure_ddp(workload, rank, job.processes, ring, device)
+                else:
+                    timing = measure_gossip(label, workload, rank, job.processes, ring, device)
+                results[(label, workers)].append(timing)
+                gc.collect()
         if rank == 0:
-            steps = ", ".join(f"{label} {1e3 * timings[-1].step_s:.0f}" for label, timings in results.items())
+            steps = ", ".join(f"{label}{'' if n == settings.workers else f' (n={n})'} {1e3 * timings[-1].step_s:.0f}"
+                              for (label, n), timings in results.items())
             print(f"  {job.model} P={job.processes} repetition {repetition + 1}/{settings.repeats}, step ms: {steps}",
                   flush=True)
     return results
@@ -497,7 +510,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn_job(job: Job, timeout_s: float) -> list[dict[str, list[Timing]]]:
+def spawn_job(job: Job, timeout_s: float) -> list[dict[tuple[str, int], list[Timing]]]:
     """Run ``job`` in its own processes; their results by rank (a ``RuntimeError`` when one fails)."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -543,16 +556,16 @@ def median_timing(repetitions: list[Timing]) -> Timing:
     return Timing(**{f.name: median(f.name) for f in fields(Timing)})
 
 
-def make_row(job: Job, label: str, per_rank: list[list[Timing]]) -> dict[str, Any]:
-    """One table row from every process's repetitions of ``label``."""
+def make_row(job: Job, label: str, ring: int, per_rank: list[list[Timing]]) -> dict[str, Any]:
+    """One table row from every process's repetitions of ``label`` on ``ring`` workers."""
     repetitions = [slowest_process(list(reps)) for reps in zip(*per_rank)]
     waits = [[timing.comm_wait_s for timing in reps] for reps in zip(*per_rank)]
     least_wait = None if None in waits[0] else statistics.median(min(wait) for wait in waits)
-    workers = job.processes if label == DDP_LABEL else job.settings.workers
+    workers = job.processes if label == DDP_LABEL else ring
     name = "ddp+powerSGD" if label == DDP_LABEL else ALGORITHM_CONFIGS[label][0]
     return {"model": job.model, "algorithm": label, "registered_as": name,
             "iterations": iterations_of(label), "workers": workers, "processes": job.processes,
-            "run_workers": job.settings.workers,
+            "run_workers": ring,
             "workers_per_process": workers // job.processes,
             "device": pick_device(job.settings.device).type, **asdict(median_timing(repetitions)),
             "comm_wait_least_s": least_wait}
@@ -749,7 +762,11 @@ def measure_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             for model in models for processes in parse_list(args.processes)]
     scaling_labels = tuple(label for label in labels if label in SCALING_LABELS)
     if args.scale_to > args.workers and args.scale_model in models and scaling_labels:
-        jobs.append(Job(args.scale_model, 1, scaling_labels, settings_from(args, 1, args.scale_to)))
+        # the scaling rows ride in the model's one-process job (added if --processes lacks 1)
+        base = next((job for job in jobs if (job.model, job.processes) == (args.scale_model, 1)), None)
+        scaled = Job(args.scale_model, 1, base.labels if base else scaling_labels, settings_from(args, 1),
+                     scale_to=args.scale_to, scaled=scaling_labels)
+        jobs = [scaled if job is base else job for job in jobs] if base else [*jobs, scaled]
     rows = []
     for job in jobs:
         model, processes = job.model, job.processes
@@ -757,14 +774,17 @@ def measure_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(f"skipping {model} P={processes}: {job.settings.workers} workers do not split over "
                   f"{processes} processes", flush=True)
             continue
-        print(f"{model} on {processes} process(es), n = {job.settings.workers}: "
+        scaled = f" (and {job.scale_to} for {', '.join(job.scaled)})" if job.scaled else ""
+        print(f"{model} on {processes} process(es), n = {job.settings.workers}{scaled}: "
               f"{WORKLOADS[model](job.settings).description}", flush=True)
         try:
             per_rank = spawn_job(job, args.timeout)
         except RuntimeError as exc:
             print(f"skipping {model} P={processes}: {exc}", flush=True)
             continue
-        rows += [make_row(job, label, [results[label] for results in per_rank]) for label in job.labels]
+        rings = sorted({n for label in job.labels for n in job.rings(label)})
+        rows += [make_row(job, label, ring, [results[(label, ring)] for results in per_rank])
+                 for ring in rings for label in job.labels if ring in job.rings(label)]
     add_ratios(rows)
     return rows
 
