@@ -774,8 +774,8 @@ def measure_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             print(f"skipping {model} P={processes}: {job.settings.workers} workers do not split over "
                   f"{processes} processes", flush=True)
             continue
-        scaled = f" (and {job.scale_to} for {', '.join(job.scaled)})" if job.scaled else ""
-        print(f"{model} on {processes} process(es), n = {job.settings.workers}{scaled}: "
+        also = f" (and {job.scale_to} for {', '.join(job.scaled)})" if job.scaled else ""
+        print(f"{model} on {processes} process(es), n = {job.settings.workers}{also}: "
               f"{WORKLOADS[model](job.settings).description}", flush=True)
         try:
             per_rank = spawn_job(job, args.timeout)
