@@ -116,8 +116,12 @@ INLINE float lanes_total(vec v) {
 #endif
 }
 
-/* The `n` (at most WIDTH) entries at p: loaded whole, or masked in a row's last columns. */
+/* The `n` (at most WIDTH) entries at p: loaded or stored whole, or masked in a row's last columns. */
 INLINE vec load_part(const float *p, int64_t n) { return n == WIDTH ? vloadu(p) : vload_first(p, n); }
+INLINE void store_part(float *p, vec v, int64_t n) {
+    if (n == WIDTH) vstoreu(p, v);
+    else vstore_first(p, v, n);
+}
 
 /* Row i's `n` (at most WIDTH) entries from column `start`, updated (when width > 0: stored back as
  * the entry plus (0 plus sum_k factors[k] right[k][j] in k order)) and returned. */
@@ -129,8 +133,7 @@ INLINE vec updated_part(const sweep_job *job, int64_t i, int64_t start, int64_t 
         vec sum = {0};
         for (int64_t k = 0; k < width; k++) sum += factors[k] * load_part(job->right + k * job->cols + start, n);
         x += sum;
-        if (n == WIDTH) vstoreu(at, x);
-        else vstore_first(at, x, n);
+        store_part(at, x, n);
     }
     return x;
 }
@@ -260,14 +263,13 @@ int gossip_sweep(float *matrix, int64_t rows, int64_t cols, const float *left, i
     int64_t block_rows = (GRAIN_FLOATS + cols - 1) / cols, pairs = edges * rank;
     sweep_job job = {.matrix = matrix, .rows = rows, .cols = cols, .left = left, .right = right, .width = width,
                      .left_strides = {left_row_stride, left_column_stride},
-                     .edges = side == 0 ? edges : 0, .rank = rank, .vectors = vectors, .messages = messages,
+                     .edges = edges, .rank = rank, .vectors = vectors, .messages = messages,
                      .stride = stride, .block_rows = block_rows};
     if (side == 0 || pairs == 0) {
         parallel_for(rows, block_rows, threads, rows_range, &job);
         return 0;
     }
     int64_t blocks = (rows + block_rows - 1) / block_rows;
-    job.edges = edges;
     job.padded = (cols + WIDTH - 1) / WIDTH * WIDTH;
     job.block_sums = malloc((size_t)(blocks * pairs * job.padded) * sizeof(float));
     if (!job.block_sums) return -1; /* before any write: M is not half updated */
