@@ -20,7 +20,9 @@ neighbour), and the rank-``r`` updates from all neighbours are one product per s
 matrix of its own group (every large one) is swept (:func:`sweep`): updated and then projected for
 every edge for the next round in one pass, row by row by a C kernel on the CPU, else in
 cache-sized row chunks, so that a round moves a large matrix through memory once instead of
-``degree + 2`` times.
+``degree + 2`` times. On the CPU, a round's rank-1 sweeps are one C call for all such matrices of a
+worker, and its vectors are normalised by one more: a round then costs a few torch ops per worker
+rather than per matrix.
 """
 
 from __future__ import annotations
@@ -98,6 +100,33 @@ def orthonormalize(v: torch.Tensor) -> torch.Tensor:
         norm = torch.linalg.vector_norm(v, dim=-2, keepdim=True)
         return torch.where(norm > 0, v / norm, v.shape[-2] ** -0.5)
     return torch.linalg.qr(v).Q
+
+
+Blocks = list[tuple[int, int, int, int]]
+
+
+def rank_one_places(blocks: Blocks) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Where each member's vector sits in a row laid out by ``blocks`` (:meth:`MatrixPlan.blocks`):
+    int64 offsets and lengths, for :func:`gossip.native.normalize`; None when a block has rank > 1."""
+    if any(rank != 1 for *_, rank in blocks):
+        return None
+    places = [(offset + m * length, length) for offset, members, length, _ in blocks for m in range(members)]
+    return torch.tensor([o for o, _ in places], dtype=torch.long), torch.tensor([n for _, n in places], dtype=torch.long)
+
+
+def orthonormalize_rows(vectors: torch.Tensor, blocks: Blocks,
+                        places: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """A new tensor with every member's block of every row of ``vectors`` (edges × floats, laid out
+    by ``blocks``) orthonormalised as by :func:`orthonormalize`: for rank 1 on the CPU (``places``
+    from :func:`rank_one_places`), all in one C call instead of a few torch ops per block."""
+    if places is not None and vectors.dtype == torch.float32 and native.usable(vectors):
+        return native.normalize(vectors, *places)
+    out, degree = torch.empty_like(vectors), vectors.shape[0]
+    for offset, members, length, rank in blocks:
+        end = offset + members * length * rank
+        block = vectors[:, offset:end].reshape(degree * members, length, rank)
+        out[:, offset:end] = orthonormalize(block).reshape(degree, -1)
+    return out
 
 
 def stacked(matrices: list[torch.Tensor]) -> torch.Tensor:
@@ -201,7 +230,16 @@ class Neighbourhood:
         self.weights = torch.tensor(weights, dtype=torch.float32, device=device)
         self.signs = torch.tensor([edge.sign for edge in edges], dtype=torch.float32, device=device).view(-1, 1)
         self._blocks = (plan.blocks(0), plan.blocks(1))  # the layout of each side, fixed for the run
-        self._normalized: list[torch.Tensor] = []
+        self._places = tuple(rank_one_places(blocks) for blocks in self._blocks)
+        # Rank-1 groups of one fp32 CPU matrix are swept by one C call per round (their table);
+        # the other groups one by one.
+        swept = [g for g, (group, rank) in enumerate(zip(matrices, plan.ranks))
+                 if len(group) == 1 and rank == 1 and group[0].dtype == torch.float32 and native.usable(group[0])]
+        self._table = native.round_matrices([matrices[g][0] for g in swept],
+                                            [(self._blocks[0][g][0], self._blocks[1][g][0]) for g in swept])
+        self._each = [g for g in range(len(matrices)) if g not in swept]
+        self._vectors: torch.Tensor | None = None  # the round's v̂ of every edge, one row per edge
+        self._normalized: list[torch.Tensor] = []  # its blocks per group, degree × members × length × rank
         self._prefetched: torch.Tensor | None = None
 
     @property
@@ -218,8 +256,10 @@ class Neighbourhood:
             out, self._prefetched = self._prefetched, None
             return out
         out = self._start_round(extra)
-        for g, group in enumerate(self.matrices):
-            self._project_group(g, group, out)
+        if self._table and self.edges:
+            native.sweep_round(self._table, len(self.edges), None, self.side, self._vectors, out)
+        for g in self._each:
+            self._project_group(g, self.matrices[g], out)
         return out
 
     def update(self, sent: torch.Tensor, received: torch.Tensor, prefetch: bool = False) -> None:
@@ -233,13 +273,17 @@ class Neighbourhood:
         difference = received[:, :floats] - sent[:, :floats]  # theirs − own: sgn · (p_hi − p_lo)
         scaled = difference * self.weights.view(-1, 1)
         advanced = difference * self.signs  # p_hi − p_lo, bitwise the same on both endpoints
-        normalized = self._normalized
+        vectors, normalized = self._vectors, self._normalized
         for edge, row in zip(self.edges, advanced):
             edge.advance(row)
         out = self._start_round(0) if prefetch else None
-        for g, (group, (offset, members, length, rank)) in enumerate(zip(self.matrices, self._blocks[side])):
+        if self._table:
+            native.sweep_round(self._table, degree, (scaled, vectors) if side == 0 else (vectors, scaled), 1 - side,
+                               None if out is None else self._vectors, out)
+        for g in self._each:
+            group, (offset, members, length, rank) = self.matrices[g], self._blocks[side][g]
             factor = scaled[:, offset:offset + members * length * rank].reshape(degree, members, length, rank)
-            vector = normalized[g].view(degree, members, -1, rank)
+            vector = normalized[g]
             rows, cols = (factor, vector) if side == 0 else (vector, factor)
             left = rows.permute(1, 2, 0, 3).reshape(members, rows.shape[2], degree * rank)
             right = cols.permute(1, 0, 3, 2).reshape(members, degree * rank, cols.shape[2])
@@ -250,19 +294,20 @@ class Neighbourhood:
                 if out is not None:
                     self._project_group(g, group, out)
         if out is None:
-            self._normalized = []
+            self._vectors, self._normalized = None, []
         self._prefetched = out
 
     def _start_round(self, extra: int) -> torch.Tensor:
         """The send buffer of a round, after orthonormalising every edge's vectors for it."""
         side, degree = self.side, len(self.edges)
         out = torch.empty(degree, self.plan.projection_floats(side) + extra, device=self.weights.device)
-        self._normalized = []
+        self._vectors, self._normalized = None, []
         if degree:
-            vectors = torch.stack([edge.round_vector() for edge in self.edges])
-            for offset, members, length, rank in self._blocks[1 - side]:
-                block = vectors[:, offset:offset + members * length * rank]
-                self._normalized.append(orthonormalize(block.reshape(degree * members, length, rank)))
+            blocks = self._blocks[1 - side]
+            self._vectors = orthonormalize_rows(torch.stack([edge.round_vector() for edge in self.edges]), blocks,
+                                                self._places[1 - side])
+            self._normalized = [self._vectors[:, offset:offset + members * length * rank].view(degree, members, length, rank)
+                                for offset, members, length, rank in blocks]
         return out
 
     def _project_group(self, g: int, group: list[torch.Tensor], out: torch.Tensor | None,
@@ -274,7 +319,7 @@ class Neighbourhood:
         messages = normalized = None
         if out is not None and degree:
             messages = out[:, offset:offset + members * length * rank].view(degree, members, length, rank)
-            normalized = self._normalized[g].view(degree, members, -1, rank)
+            normalized = self._normalized[g]
         if len(group) == 1:
             sweep(group[0], update, side, None if normalized is None else normalized[:, 0],
                   None if messages is None else messages[:, 0])

@@ -4,11 +4,12 @@
 
 One process holds ``--workers`` copies of a model of ``scripts/bench_gossip.py`` (``--quick``
 narrows the LSTM as there), each moved by a different random offset, on a ring under PowerGossip
-with ``--rounds`` rounds per step. One repetition times one step's rounds (no forward/backward, no
-optimizer) first with the C kernel and then with the torch sweep (1 MiB row chunks of BLAS
-products), each after one untimed step; the table shows the medians over the repetitions and
-their ratio ``torch / kernel`` (above 1: the kernel is faster). Interleaving the two keeps a
-drifting machine from favouring either.
+with ``--rounds`` rounds per step, twice: one algorithm uses the C kernels (the round's sweeps and
+the normalisation of its vectors), the other, on its own copies of the same workers, the torch ops
+(the sweep in 1 MiB row chunks of BLAS products). One repetition times one step's rounds of each
+(no forward/backward, no optimizer), each after one untimed step; the table shows the medians over
+the repetitions and their ratio ``torch / kernel`` (above 1: the kernels are faster). Interleaving
+the two keeps a drifting machine from favouring either.
 """
 
 from __future__ import annotations
@@ -47,22 +48,25 @@ def measure(model: str, quick: bool, workers: int, rounds: int, repeats: int, ml
     workload = WORKLOADS[model](settings)
     network = Network(workers, 0, 1, torch.device("cpu"))
     start = initial_model(workload)
-    gen = torch.Generator().manual_seed(0)
-    members = []
-    for i in network.local_workers:
-        worker = Worker(i, copy.deepcopy(start), workload.optimizer, SEED)
-        worker.params.add_(torch.randn(worker.params.shape, generator=gen), alpha=0.01)
-        members.append(worker)
-    algorithm = PowerGossip(topologies.ring(workers), network, members, options=PowerGossipOptions(iterations=rounds),
-                            seed=SEED)
     usable = native.usable
-    times: dict[str, list[float]] = {"kernel": [], "torch": []}
+    switches = {"kernel": usable, "torch": lambda *tensors: False}
+    algorithms, times = {}, {label: [] for label in switches}
     try:
+        for label, switch in switches.items():  # the same start for both: each its own copies of the workers
+            native.usable = switch  # a Neighbourhood picks the C round for its matrices when it is made
+            gen = torch.Generator().manual_seed(0)
+            members = []
+            for i in network.local_workers:
+                worker = Worker(i, copy.deepcopy(start), workload.optimizer, SEED)
+                worker.params.add_(torch.randn(worker.params.shape, generator=gen), alpha=0.01)
+                members.append(worker)
+            algorithms[label] = PowerGossip(topologies.ring(workers), network, members,
+                                            options=PowerGossipOptions(iterations=rounds), seed=SEED)
         for _ in range(repeats):
-            for label, switch in (("kernel", usable), ("torch", lambda *tensors: False)):
+            for label, switch in switches.items():
                 native.usable = switch
-                step_rounds(algorithm)
-                times[label].append(step_rounds(algorithm))
+                step_rounds(algorithms[label])
+                times[label].append(step_rounds(algorithms[label]))
     finally:
         native.usable = usable
     kernel, torch_sweep = (statistics.median(times[label]) for label in ("kernel", "torch"))

@@ -200,9 +200,11 @@ def sweep_once(rows: int, cols: int, side: int, edges: int, rank: int, width: in
     them out."""
     gen = torch.Generator().manual_seed(rows * cols + side)
     matrix = torch.randn(rows, cols, generator=gen)
-    update = (torch.randn(width, rows, generator=gen).T, torch.randn(width, cols, generator=gen)) if width else None
+    right = torch.randn(width, cols + 3, generator=gen)[:, 1:1 + cols]  # rows of a wider buffer
+    update = (torch.randn(width, rows, generator=gen).T, right) if width else None
     length, vector_length = (rows, cols) if side == 0 else (cols, rows)
-    vectors = torch.randn(edges, vector_length, rank, generator=gen)
+    vectors = torch.randn(edges, vector_length * rank + 3, generator=gen)[:, 2:2 + vector_length * rank]
+    vectors = vectors.view(edges, vector_length, rank)
     out = torch.full((edges, length * rank + 5), float("nan"))
     messages = out[:, 2:2 + length * rank].view(edges, length, rank)
     previous = torch.get_num_threads()
@@ -234,6 +236,76 @@ def test_sweep_kernel_computes_the_torch_sweep_the_same_on_any_threads_and_build
     expected = sweep_once(*case, threads=2)
     for a, b in zip(found, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def round_once(shapes: list[tuple[int, int]], edges: int, side: int, with_update: bool, with_messages: bool,
+               threads: int, each: bool) -> list[torch.Tensor]:
+    """The matrices and the messages after one rank-1 round over ``shapes``, laid out as a
+    Neighbourhood lays them out (each edge's vectors and messages in its row of a buffer, every
+    matrix at its offsets), by one native.sweep_round or (``each``) one native.sweep per matrix."""
+    gen = torch.Generator().manual_seed(len(shapes) + 10 * edges + side)
+    matrices = [torch.randn(shape, generator=gen) for shape in shapes]
+    offsets = [(sum(r for r, _ in shapes[:m]) + 1, sum(c for _, c in shapes[:m]) + 2) for m in range(len(shapes))]
+    widths = (sum(r for r, _ in shapes) + 3, sum(c for _, c in shapes) + 4)  # rows-long and cols-long layouts
+    left, right = (torch.randn(edges, width, generator=gen) for width in widths)
+    vectors = torch.randn(edges, widths[1 - side], generator=gen)
+    out = torch.full((edges, widths[side]), float("nan"))
+    update = (left, right) if with_update else None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if not each:
+            native.sweep_round(native.round_matrices(matrices, offsets), edges, update, side,
+                               vectors if with_messages else None, out)
+        for matrix, (rows_at, cols_at) in zip(matrices if each else [], offsets):
+            rows, cols = matrix.shape
+            at = (rows_at, cols_at)
+            views = (left[:, rows_at:rows_at + rows].T, right[:, cols_at:cols_at + cols]) if with_update else None
+            length = (rows, cols)
+            vector = vectors[:, at[1 - side]:at[1 - side] + length[1 - side]].unsqueeze(-1)
+            message = out[:, at[side]:at[side] + length[side]].unsqueeze(-1)
+            native.sweep(matrix, views, side, vector if with_messages else vector[:0],
+                         message if with_messages else message[:0])
+    finally:
+        torch.set_num_threads(previous)
+    return matrices + [out]
+
+
+@needs_native
+@pytest.mark.parametrize("side", [0, 1])
+@pytest.mark.parametrize("with_update, with_messages", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("edges", [1, 2, 3])
+def test_a_round_of_many_matrices_is_their_sweeps_one_by_one(edges: int, with_update: bool, with_messages: bool,
+                                                          side: int) -> None:
+    """native.sweep_round reads and writes each matrix's vectors, messages and update factors at its
+    offsets of the round's buffers, and sweeps every matrix as native.sweep does, bit for bit, on
+    any number of threads; it writes nothing else."""
+    case = (SWEEP_SHAPES, edges, side, with_update, with_messages)
+    expected = round_once(*case, threads=2, each=True)
+    for threads in (1, 2, 3):
+        found = round_once(*case, threads=threads, each=False)
+        for a, b in zip(found, expected):
+            assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)), threads
+
+
+@needs_native
+def test_normalize_kernel_is_orthonormalize_and_depends_on_each_vector_alone() -> None:
+    """One C call normalises every rank-1 vector of a round as edge.orthonormalize does (up to
+    rounding; zero and NaN vectors become the normalised ones vector), and a vector's result does
+    not depend on the vectors beside it."""
+    blocks = [(0, 1, 37, 1), (37, 3, 5, 1), (52, 1, 1000, 1)]
+    vectors = torch.randn(3, 1052, generator=torch.Generator().manual_seed(0))
+    vectors[1, 37:42] = 0.0
+    vectors[2, 43] = float("nan")
+    places = edge.rank_one_places(blocks)
+    found = edge.orthonormalize_rows(vectors, blocks, places)
+    expected = edge.orthonormalize_rows(vectors, blocks)  # the torch ops, block by block
+    torch.testing.assert_close(found, expected, rtol=1e-6, atol=1e-7)
+    assert torch.equal(found[1, 37:42], torch.full((5,), 5 ** -0.5))
+    assert torch.equal(found[2, 42:47], torch.full((5,), 5 ** -0.5))
+    for row in range(3):
+        assert torch.equal(edge.orthonormalize_rows(vectors[row:row + 1].clone(), blocks, places)[0], found[row])
+    assert edge.rank_one_places([(0, 1, 4, 2)]) is None  # rank 2: QR, block by block
 
 
 def test_build_names_a_missing_compiler(tmp_path) -> None:

@@ -82,7 +82,10 @@ _SIGNATURES = {
     "gossip_randomk_bitmap": (_i64, [_u64, _i64, _i64, _ptr]),
     "gossip_bitmap_gather": (None, [_ptr, _ptr, _i64, _ptr, _int]),
     "gossip_bitmap_scatter": (None, [_ptr, _ptr, _i64, _ptr, _int]),
-    "gossip_sweep": (_int, [_ptr, _i64, _i64, _ptr, _i64, _i64, _ptr, _i64, _int, _ptr, _i64, _i64, _ptr, _i64, _int]),
+    "gossip_sweep": (_int, [_ptr, _i64, _i64, _ptr, _i64, _i64, _ptr, _i64, _i64, _int, _ptr, _i64, _i64, _i64, _ptr,
+                            _i64, _int]),
+    "gossip_round": (_int, [_ptr, _i64, _i64, _ptr, _i64, _ptr, _i64, _int, _ptr, _i64, _ptr, _i64, _int]),
+    "gossip_normalize": (None, [_ptr, _ptr, _i64, _i64, _ptr, _ptr, _i64]),
 }
 
 
@@ -260,18 +263,68 @@ def bitmap_scatter(bitmap: torch.Tensor, values: torch.Tensor, out: torch.Tensor
 def sweep(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None, side: int,
           vectors: torch.Tensor, messages: torch.Tensor) -> None:
     """:func:`gossip.edge.sweep` in one pass over fp32 ``matrix`` (contiguous): add ``left @ right``
-    (``update``; ``left`` of any strides) in place, then ``messages[e] = M vectors[e]`` (side 0) or
+    (``update``; ``left`` of any strides, ``right``'s rows contiguous) in place, then ``messages[e] = M vectors[e]`` (side 0) or
     ``Mᵀ vectors[e]`` (side 1) for every edge ``e``; ``messages`` may be a strided view whose rows
     (``length × rank``) are contiguous. Raises MemoryError, changing nothing, when side 1's block
     sums (about ``numel / 2^14 × edges × rank`` floats) cannot be allocated."""
-    left, right = (update[0], update[1].contiguous()) if update is not None else (matrix, matrix)  # width 0: unread
+    left, right = update if update is not None else (matrix, matrix)  # width 0: unread
+    if right.stride(-1) != 1:
+        right = right.contiguous()
     width = update[0].shape[1] if update is not None else 0
-    edges, _, rank = vectors.shape
-    transposed = vectors.transpose(1, 2).contiguous()  # each vector's entries in a row
+    edges, length, rank = vectors.shape
+    columns = vectors.transpose(1, 2).reshape(edges * rank, length)  # a view for rank 1
+    if columns.stride(-1) != 1:
+        columns = columns.contiguous()
     if edges and not messages[0].is_contiguous():
         raise ValueError("each edge's message must be contiguous")
     status = _library().gossip_sweep(matrix.data_ptr(), matrix.shape[0], matrix.shape[1], left.data_ptr(),
-                                     *left.stride(), right.data_ptr(), width, side, transposed.data_ptr(),
-                                     edges, rank, messages.data_ptr(), messages.stride(0) if edges else 0, _threads())
+                                     *left.stride(), right.data_ptr(), right.stride(0), width, side, columns.data_ptr(),
+                                     columns.stride(0), edges, rank, messages.data_ptr(),
+                                     messages.stride(0) if edges else 0, _threads())
     if status != 0:
         raise MemoryError(f"gossip.native.sweep: no memory for the block sums of a {tuple(matrix.shape)} matrix")
+
+
+class RoundMatrix(ctypes.Structure):
+    """A matrix of :func:`sweep_round` and the offsets of its vectors in a row of the round's buffers:
+    ``offsets[0]`` in the layout of length-``rows`` blocks, ``offsets[1]`` of length-``cols`` ones."""
+
+    _fields_ = [("matrix", ctypes.c_void_p), ("rows", ctypes.c_int64), ("cols", ctypes.c_int64),
+                ("offsets", ctypes.c_int64 * 2)]
+
+
+def round_matrices(matrices: list[torch.Tensor], offsets: list[tuple[int, int]]) -> ctypes.Array:
+    """The table of :func:`sweep_round` for contiguous fp32 CPU ``matrices`` (it holds their addresses:
+    they must stay where they are while it is used)."""
+    table = (RoundMatrix * len(matrices))()
+    for entry, matrix, places in zip(table, matrices, offsets):
+        entry.matrix, entry.rows, entry.cols = matrix.data_ptr(), matrix.shape[0], matrix.shape[1]
+        entry.offsets[:] = places
+    return table
+
+
+def sweep_round(table: ctypes.Array, edges: int, update: tuple[torch.Tensor, torch.Tensor] | None, side: int,
+                vectors: torch.Tensor | None, messages: torch.Tensor | None) -> None:
+    """:func:`sweep` for every matrix of ``table`` (rank 1) in one call. The buffers are fp32, one row
+    per edge, each row contiguous: with ``update = (left, right)``, every ``M += Σ_e l_e r_eᵀ`` (edge
+    ``e``'s vectors in its rows of ``left`` and ``right`` at the matrix's offsets 0 and 1); then, with
+    ``vectors``, each edge's message on ``side`` into its row of ``messages``. Raises MemoryError,
+    changing nothing, when side 1's block sums cannot be allocated."""
+    null = (None, 0)
+    left, right = ((u.data_ptr(), u.stride(0)) for u in update) if update is not None else (null, null)
+    projection = (vectors.data_ptr(), vectors.stride(0)) if vectors is not None else null
+    out = (messages.data_ptr(), messages.stride(0)) if vectors is not None else null
+    status = _library().gossip_round(table, len(table), edges, *left, *right, side, *projection, *out, _threads())
+    if status != 0:
+        raise MemoryError(f"gossip.native.sweep_round: no memory for the block sums of {len(table)} matrices")
+
+
+def normalize(vectors: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """:func:`gossip.edge.orthonormalize` of rank-1 vectors, all in one call: in each row of the 2-D
+    fp32 ``vectors`` (contiguous), the int64 ``offsets[s]`` and ``lengths[s]`` (contiguous) place
+    vector ``s``; returns a new tensor with every vector divided by its 2-norm (summed in double), or
+    ``1 / sqrt(length)`` where the norm is zero."""
+    out = torch.empty_like(vectors)
+    _library().gossip_normalize(vectors.data_ptr(), out.data_ptr(), vectors.shape[0], vectors.shape[1],
+                                offsets.data_ptr(), lengths.data_ptr(), offsets.numel())
+    return out

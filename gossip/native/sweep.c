@@ -9,6 +9,9 @@
  * in one pass over it, the sums in vector registers; side 1 updates ROW_GROUP rows at a time and
  * adds them into its column sums in one pass, so that each sum is loaded and stored once per group.
  * A row's last columns (fewer than a vector) go through masked vector loads and stores.
+ * gossip_round sweeps all of a worker's rank-1 matrices of a round in one call, reading their
+ * vectors and writing their messages at their places in the round's buffers (no view or copy per
+ * matrix), and gossip_normalize normalises the round's vectors, all of them in one call.
  *
  * Results do not depend on the number of threads or on the build: the threads split the rows in
  * whole blocks of a fixed number of rows (a function of cols alone); an entry's update is 0 plus
@@ -20,6 +23,7 @@
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,10 +86,12 @@ typedef struct {
     float *matrix;
     int64_t rows, cols;
     const float *left, *right; /* the update M += left @ right: rows × width and width × cols */
+    int64_t right_stride;      /* right[k][j] at right + k * right_stride + j */
     int64_t width;             /* 0: no update */
     int64_t left_strides[2];   /* left[i][k] at left + i * left_strides[0] + k * left_strides[1] */
     int64_t edges, rank;
-    const float *vectors;      /* edges × rank × length (length: cols on side 0, rows on side 1) */
+    const float *vectors;      /* pair p's vector at vectors + p * vector_stride (pair p: edge p / rank's */
+    int64_t vector_stride;     /* column p % rank; length cols on side 0, rows on side 1) */
     float *messages;           /* edge e's message (length × rank, row-major) at messages + e * stride */
     int64_t stride;
     int64_t block_rows;        /* rows per block of the thread split (and of side 1's sums) */
@@ -131,7 +137,7 @@ INLINE vec updated_part(const sweep_job *job, int64_t i, int64_t start, int64_t 
     vec x = load_part(at, n);
     if (width) {
         vec sum = {0};
-        for (int64_t k = 0; k < width; k++) sum += factors[k] * load_part(job->right + k * job->cols + start, n);
+        for (int64_t k = 0; k < width; k++) sum += factors[k] * load_part(job->right + k * job->right_stride + start, n);
         x += sum;
         store_part(at, x, n);
     }
@@ -158,12 +164,12 @@ INLINE void row_dots(const sweep_job *job, int64_t i, int64_t width, int64_t pai
     for (; j + LANES <= cols; j += LANES)
         for (int q = 0; q < PARTS; q++) {
             vec x = updated_part(job, i, j + q * WIDTH, WIDTH, factors, width);
-            for (int64_t p = 0; p < pairs; p++) parts[p][q] += x * vloadu(job->vectors + p * cols + j + q * WIDTH);
+            for (int64_t p = 0; p < pairs; p++) parts[p][q] += x * vloadu(job->vectors + p * job->vector_stride + j + q * WIDTH);
         }
     for (int q = 0; q < PARTS && j + q * WIDTH < cols; q++) { /* the partial last step */
         int64_t start = j + q * WIDTH, n = cols - start < WIDTH ? cols - start : WIDTH;
         vec x = updated_part(job, i, start, n, factors, width);
-        for (int64_t p = 0; p < pairs; p++) parts[p][q] += x * load_part(job->vectors + p * cols + start, n);
+        for (int64_t p = 0; p < pairs; p++) parts[p][q] += x * load_part(job->vectors + p * job->vector_stride + start, n);
     }
     for (int64_t p = 0; p < pairs; p++) {
         for (int half = LANES / 2; half >= WIDTH; half /= 2)
@@ -196,7 +202,7 @@ INLINE void rows_into_sums(const sweep_job *job, int64_t i, int64_t count, float
     float factors[ROW_GROUP * (width + 1)], weights[ROW_GROUP * (pairs ? pairs : 1)];
     for (int64_t r = 0; r < count; r++) {
         row_factors(job, i + r, width, factors + r * (width + 1));
-        for (int64_t p = 0; p < pairs; p++) weights[r * pairs + p] = job->vectors[p * job->rows + i + r];
+        for (int64_t p = 0; p < pairs; p++) weights[r * pairs + p] = job->vectors[p * job->vector_stride + i + r];
     }
     int64_t j = 0;
     for (; j + WIDTH <= cols; j += WIDTH) sums_part(job, i, count, j, WIDTH, factors, weights, sums, width, pairs);
@@ -253,35 +259,141 @@ static void blocks_range(void *context, int64_t first, int64_t last, int part) {
     }
 }
 
-/* M += left @ right (when width > 0), then for each of `edges` edges the projection of the updated
- * M with its `rank` vectors: side 0, message = M v̂ (rows × rank); side 1, message = Mᵀ v̂ (cols ×
- * rank).  `right` is contiguous, `left` strided; `vectors` holds each edge's v̂ transposed (rank ×
- * length).  Returns 0, or -1 when there is no memory for side 1's block sums (nothing written). */
-int gossip_sweep(float *matrix, int64_t rows, int64_t cols, const float *left, int64_t left_row_stride,
-                 int64_t left_column_stride, const float *right, int64_t width, int side, const float *vectors,
-                 int64_t edges, int64_t rank, float *messages, int64_t stride, int threads) {
-    int64_t block_rows = (GRAIN_FLOATS + cols - 1) / cols, pairs = edges * rank;
-    sweep_job job = {.matrix = matrix, .rows = rows, .cols = cols, .left = left, .right = right, .width = width,
-                     .left_strides = {left_row_stride, left_column_stride},
-                     .edges = edges, .rank = rank, .vectors = vectors, .messages = messages,
-                     .stride = stride, .block_rows = block_rows};
+/* A job's fields that depend on the matrix alone. */
+INLINE sweep_job matrix_job(float *matrix, int64_t rows, int64_t cols) {
+    return (sweep_job){.matrix = matrix, .rows = rows, .cols = cols, .block_rows = (GRAIN_FLOATS + cols - 1) / cols,
+                       .padded = (cols + WIDTH - 1) / WIDTH * WIDTH};
+}
+
+/* Floats of side 1's block sums for a matrix_job with `pairs` vectors. */
+INLINE int64_t block_sums_floats(const sweep_job *job, int64_t pairs) {
+    return (job->rows + job->block_rows - 1) / job->block_rows * pairs * job->padded;
+}
+
+/* The job's sweep on `side`; side 1 with vectors needs block_sums_floats(job, pairs) floats at
+ * block_sums. */
+static void run_sweep(sweep_job *job, int side, float *block_sums, int threads) {
+    int64_t rows = job->rows, cols = job->cols, pairs = job->edges * job->rank;
     if (side == 0 || pairs == 0) {
-        parallel_for(rows, block_rows, threads, rows_range, &job);
-        return 0;
+        parallel_for(rows, job->block_rows, threads, rows_range, job);
+        return;
     }
-    int64_t blocks = (rows + block_rows - 1) / block_rows;
-    job.padded = (cols + WIDTH - 1) / WIDTH * WIDTH;
-    job.block_sums = malloc((size_t)(blocks * pairs * job.padded) * sizeof(float));
-    if (!job.block_sums) return -1; /* before any write: M is not half updated */
-    parallel_for(rows, block_rows, threads, blocks_range, &job);
+    int64_t blocks = (rows + job->block_rows - 1) / job->block_rows;
+    job->block_sums = block_sums;
+    parallel_for(rows, job->block_rows, threads, blocks_range, job);
     for (int64_t p = 0; p < pairs; p++) {
-        float *message = messages + p / rank * stride + p % rank;
+        float *message = job->messages + p / job->rank * job->stride + p % job->rank;
         for (int64_t j = 0; j < cols; j++) {
-            float total = job.block_sums[p * job.padded + j];
-            for (int64_t b = 1; b < blocks; b++) total += job.block_sums[(b * pairs + p) * job.padded + j];
-            message[j * rank] = total;
+            float total = block_sums[p * job->padded + j];
+            for (int64_t b = 1; b < blocks; b++) total += block_sums[(b * pairs + p) * job->padded + j];
+            message[j * job->rank] = total;
         }
     }
-    free(job.block_sums);
+}
+
+/* M += left @ right (when width > 0), then for each of `edges` edges the projection of the updated
+ * M with its `rank` vectors: side 0, message = M v̂ (rows × rank); side 1, message = Mᵀ v̂ (cols ×
+ * rank).  `left` is strided, `right`'s rows contiguous, `right_stride` apart; `vectors` holds the
+ * columns of each edge's v̂, pair p (edge p / rank's column p % rank) contiguous from vectors + p *
+ * vector_stride.  Returns 0, or -1 when there is no memory for side 1's block sums (nothing
+ * written). */
+int gossip_sweep(float *matrix, int64_t rows, int64_t cols, const float *left, int64_t left_row_stride,
+                 int64_t left_column_stride, const float *right, int64_t right_stride, int64_t width, int side,
+                 const float *vectors, int64_t vector_stride, int64_t edges, int64_t rank, float *messages,
+                 int64_t stride, int threads) {
+    sweep_job job = matrix_job(matrix, rows, cols);
+    job.left = left, job.left_strides[0] = left_row_stride, job.left_strides[1] = left_column_stride;
+    job.right = right, job.right_stride = right_stride, job.width = width;
+    job.edges = edges, job.rank = rank, job.vectors = vectors, job.vector_stride = vector_stride;
+    job.messages = messages, job.stride = stride;
+    float *block_sums = NULL;
+    if (side == 1 && edges * rank) {
+        block_sums = malloc((size_t)block_sums_floats(&job, edges * rank) * sizeof(float));
+        if (!block_sums) return -1; /* before any write: M is not half updated */
+    }
+    run_sweep(&job, side, block_sums, threads);
+    free(block_sums);
     return 0;
+}
+
+/* One matrix of a worker's round (gossip/edge.py: Neighbourhood): M (rows × cols, contiguous) and
+ * where its rank-1 vectors and messages sit in a row of the round's buffers: offsets[0] in the
+ * layout of length-rows blocks (side 0's messages, side 1's vectors), offsets[1] in that of
+ * length-cols blocks. */
+typedef struct {
+    float *matrix;
+    int64_t rows, cols;
+    int64_t offsets[2];
+} round_matrix;
+
+/* A worker's round on `count` matrices at once, rank 1, `edges` edges, each buffer one row per edge
+ * (rows `..._stride` floats apart): when `left` is not NULL, each M += sum_e left_e right_eᵀ (edge
+ * e's left vector at offsets[0] of its row of `left`, its right one at offsets[1] of `right`); then,
+ * when `vectors` is not NULL, edge e's message on `side` (M v̂ at offsets[0] of its row of
+ * `messages`, or Mᵀ v̂ at offsets[1]) from its v̂ in `vectors` (at offsets[1], or offsets[0]).  The
+ * same as gossip_sweep on each matrix in turn.  Returns 0, or -1 when there is no memory for side
+ * 1's block sums (nothing written). */
+int gossip_round(const round_matrix *matrices, int64_t count, int64_t edges, const float *left, int64_t left_stride,
+                 const float *right, int64_t right_stride, int side, const float *vectors, int64_t vectors_stride,
+                 float *messages, int64_t messages_stride, int threads) {
+    int64_t pairs = vectors ? edges : 0, most = 0;
+    for (int64_t m = 0; m < count; m++) {
+        sweep_job job = matrix_job(matrices[m].matrix, matrices[m].rows, matrices[m].cols);
+        int64_t floats = block_sums_floats(&job, pairs);
+        most = floats > most ? floats : most;
+    }
+    float *block_sums = NULL;
+    if (side == 1 && most) {
+        block_sums = malloc((size_t)most * sizeof(float));
+        if (!block_sums) return -1; /* before any write: no matrix is updated */
+    }
+    for (int64_t m = 0; m < count; m++) {
+        const round_matrix *at = &matrices[m];
+        sweep_job job = matrix_job(at->matrix, at->rows, at->cols);
+        if (left) {
+            job.left = left + at->offsets[0], job.left_strides[0] = 1, job.left_strides[1] = left_stride;
+            job.right = right + at->offsets[1], job.right_stride = right_stride, job.width = edges;
+        }
+        job.edges = pairs, job.rank = 1;
+        job.vectors = vectors ? vectors + at->offsets[1 - side] : NULL, job.vector_stride = vectors_stride;
+        job.messages = vectors ? messages + at->offsets[side] : NULL, job.stride = messages_stride;
+        run_sweep(&job, side, block_sums, threads);
+    }
+    free(block_sums);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * The rank-1 vectors of a round normalised (gossip/edge.py: orthonormalize), every edge and matrix
+ * of a worker in one call.
+ * -------------------------------------------------------------------------------------------- */
+
+/* Lanes of a vector's sum of squares: independent additions, then a fixed tree. */
+#define SQUARE_LANES 16
+
+/* Each of the `count` vectors in each of the `rows` rows of `vectors` (rows `row_stride` floats
+ * apart; vector s is lengths[s] floats from offsets[s]) into the same place of `out`: divided by its
+ * 2-norm, or, when the norm is not positive (zero, or NaN), set to 1 / sqrt(length), so that a pair
+ * that reached consensus on a matrix can pick the iteration up again.  The squares are summed in
+ * double, entry i into lane i % SQUARE_LANES in order, the lanes by a fixed tree; the norm is the
+ * fp32 rounding of the square root, the division fp32: results depend on the vector alone. */
+void gossip_normalize(const float *vectors, float *out, int64_t rows, int64_t row_stride, const int64_t *offsets,
+                      const int64_t *lengths, int64_t count) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t s = 0; s < count; s++) {
+            const float *v = vectors + r * row_stride + offsets[s];
+            float *o = out + r * row_stride + offsets[s];
+            int64_t length = lengths[s], i = 0;
+            double sums[SQUARE_LANES] = {0};
+            for (; i + SQUARE_LANES <= length; i += SQUARE_LANES)
+                for (int l = 0; l < SQUARE_LANES; l++) sums[l] += (double)v[i + l] * (double)v[i + l];
+            for (int l = 0; i < length; i++, l++) sums[l] += (double)v[i] * (double)v[i];
+            for (int half = SQUARE_LANES / 2; half >= 1; half /= 2)
+                for (int l = 0; l < half; l++) sums[l] += sums[l + half];
+            float norm = (float)sqrt(sums[0]);
+            if (norm > 0.0f)
+                for (i = 0; i < length; i++) o[i] = v[i] / norm;
+            else
+                for (i = 0, norm = (float)(1.0 / sqrt((double)length)); i < length; i++) o[i] = norm;
+        }
 }
