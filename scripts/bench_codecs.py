@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from bench_gossip import format_table, parse_list, pick_device, synchronize, warn_if_busy  # scripts/ is on sys.path
+from bench_gossip import (cpu_description, format_table, parse_list, pick_device, synchronize,  # scripts/ is on sys.path
+                          warn_if_busy)
 
 from gossip import compression
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
     print()
     print(codec_table(rows))
-    print(f"\ntorch {torch.__version__}, device {device.type}, {torch.get_num_threads()} threads")
+    print(f"\ntorch {torch.__version__}, device {device.type}, {torch.get_num_threads()} threads; {cpu_description()}")
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

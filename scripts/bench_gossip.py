@@ -432,6 +432,25 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo"),
+                    caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> str:
+    """The CPU's model, usable cores and per-core L2 and L3 sizes as Linux reports them (what a
+    memory-bound timing depends on: whether the working set fits), e.g. "Intel(R) Xeon(R)
+    Processor, 2 cores, L2 2 MiB, L3 300 MiB"; the parts the system does not report are left out."""
+    parts = [str(usable_cores()) + " cores"]
+    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+              if line.startswith("model name")]
+    for index in sorted(caches.glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        if level in ("2", "3") and kind != "Instruction" and size.endswith("K") and size[:-1].isdigit():
+            kib = int(size[:-1])
+            parts.append(f"L{level} {kib // 1024} MiB" if kib % 1024 == 0 else f"L{level} {kib} KiB")
+    return ", ".join(models[:1] + parts)
+
+
 def busy_cores(seconds: float = 1.0) -> float:
     """How many cores' worth of CPU the machine used over the next ``seconds`` (from /proc/stat;
     the 1-minute load average where there is none)."""
@@ -805,7 +824,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(format_table(["target", "measured", "verdict"], target_lines(rows)))
     print(f"\n{len(rows)} rows in {time.perf_counter() - start:.0f} s; torch {torch.__version__}, "
-          f"{usable_cores()} cores, device {pick_device(args.device).type}")
+          f"{cpu_description()}, device {pick_device(args.device).type}")
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from bench_gossip import SEED, WORKLOADS, Settings, format_table, initial_model, parse_list  # scripts/ is on sys.path
+from bench_gossip import (SEED, WORKLOADS, Settings, cpu_description, format_table, initial_model,  # scripts/ is on sys.path
+                          parse_list)
 
 import topologies
 from gossip import native
@@ -94,7 +95,8 @@ def main() -> None:
     print(format_table(["model", "n", "rounds", "kernel ms", "torch ms", "torch/kernel"],
                        [[row["model"], str(row["workers"]), str(row["rounds"]), f"{1e3 * row['kernel_s']:.2f}",
                          f"{1e3 * row['torch_s']:.2f}", f"{row['ratio']:.2f}"]]))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {row['parameters']:,} parameters per worker")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {row['parameters']:,} parameters per worker; "
+          f"{cpu_description()}")
     if args.json:
         args.json.write_text(json.dumps([row], indent=1))
 

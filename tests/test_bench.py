@@ -3,6 +3,7 @@ promised keys and finite, non-negative numbers. Timings themselves are never che
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -10,6 +11,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import ROOT
 
@@ -89,3 +92,23 @@ def test_sweep_benchmark_writes_a_row(tmp_path: Path):
     assert (row["model"], row["workers"], row["rounds"]) == ("mlp", 3, 2)
     assert_finite_non_negative(row, ["kernel_s", "torch_s", "ratio"])
     assert any(line.startswith("|") and "mlp" in line for line in output.splitlines())  # the table
+    assert " cores" in output.splitlines()[-1]  # the machine the timings came from
+
+
+def test_cpu_description_names_the_model_cores_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    spec = importlib.util.spec_from_file_location("bench_gossip", ROOT / "scripts" / "bench_gossip.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_gossip", bench)  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n\n"
+                                      "processor\t: 1\nmodel name\t: Test CPU 9000\n")
+    caches = [("1", "Data", "48K"), ("1", "Instruction", "32K"), ("2", "Unified", "1280K"), ("3", "Unified", "307200K")]
+    for i, entry in enumerate(caches):
+        folder = tmp_path / "cache" / f"index{i}"
+        folder.mkdir(parents=True)
+        for name, value in zip(("level", "type", "size"), entry):
+            (folder / name).write_text(value + "\n")
+    cores = bench.usable_cores()
+    found = bench.cpu_description(tmp_path / "cpuinfo", tmp_path / "cache")
+    assert found == f"Test CPU 9000, {cores} cores, L2 1280 KiB, L3 300 MiB"
+    assert bench.cpu_description(tmp_path / "absent", tmp_path / "absent") == f"{cores} cores"
