@@ -20,9 +20,9 @@ neighbour), and the rank-``r`` updates from all neighbours are one product per s
 matrix of its own group (every large one) is swept (:func:`sweep`): updated and then projected for
 every edge for the next round in one pass, row by row by a C kernel on the CPU, else in
 cache-sized row chunks, so that a round moves a large matrix through memory once instead of
-``degree + 2`` times. On the CPU, a round's rank-1 sweeps are one C call for all such matrices of a
-worker, and its vectors are normalised by one more: a round then costs a few torch ops per worker
-rather than per matrix.
+``degree + 2`` times. On the CPU at rank 1, one C call sweeps every matrix of a worker, those of
+the shape groups included (each at its place in the group's blocks), and one more normalises the
+round's vectors: a round then costs a few torch ops per worker rather than per matrix or group.
 """
 
 from __future__ import annotations
@@ -231,12 +231,14 @@ class Neighbourhood:
         self.signs = torch.tensor([edge.sign for edge in edges], dtype=torch.float32, device=device).view(-1, 1)
         self._blocks = (plan.blocks(0), plan.blocks(1))  # the layout of each side, fixed for the run
         self._places = tuple(rank_one_places(blocks) for blocks in self._blocks)
-        # Rank-1 groups of one fp32 CPU matrix are swept by one C call per round (their table);
-        # the other groups one by one.
+        # The matrices of rank-1 fp32 CPU groups are swept by one C call per round (their table, one
+        # entry per matrix: member m's blocks follow its group's offsets m blocks on); the other
+        # groups one by one.
         swept = [g for g, (group, rank) in enumerate(zip(matrices, plan.ranks))
-                 if len(group) == 1 and rank == 1 and group[0].dtype == torch.float32 and native.usable(group[0])]
-        self._table = native.round_matrices([matrices[g][0] for g in swept],
-                                            [(self._blocks[0][g][0], self._blocks[1][g][0]) for g in swept])
+                 if rank == 1 and all(m.dtype == torch.float32 for m in group) and native.usable(*group)]
+        members = [(matrix, (self._blocks[0][g][0] + m * matrix.shape[0], self._blocks[1][g][0] + m * matrix.shape[1]))
+                   for g in swept for m, matrix in enumerate(matrices[g])]
+        self._table = native.round_matrices([matrix for matrix, _ in members], [places for _, places in members])
         self._each = [g for g in range(len(matrices)) if g not in swept]
         self._vectors: torch.Tensor | None = None  # the round's v̂ of every edge, one row per edge
         self._normalized: list[torch.Tensor] = []  # its blocks per group, degree × members × length × rank
