@@ -110,8 +110,9 @@ def rank_one_places(blocks: Blocks) -> tuple[torch.Tensor, torch.Tensor] | None:
     int64 offsets and lengths, for :func:`gossip.native.normalize`; None when a block has rank > 1."""
     if any(rank != 1 for *_, rank in blocks):
         return None
-    places = [(offset + m * length, length) for offset, members, length, _ in blocks for m in range(members)]
-    return torch.tensor([o for o, _ in places], dtype=torch.long), torch.tensor([n for _, n in places], dtype=torch.long)
+    places = torch.tensor([(offset + m * length, length) for offset, members, length, _ in blocks
+                           for m in range(members)], dtype=torch.long).view(-1, 2)
+    return places[:, 0].contiguous(), places[:, 1].contiguous()
 
 
 def orthonormalize_rows(vectors: torch.Tensor, blocks: Blocks,
@@ -308,8 +309,8 @@ class Neighbourhood:
             blocks = self._blocks[1 - side]
             self._vectors = orthonormalize_rows(torch.stack([edge.round_vector() for edge in self.edges]), blocks,
                                                 self._places[1 - side])
-            self._normalized = [self._vectors[:, offset:offset + members * length * rank].view(degree, members, length, rank)
-                                for offset, members, length, rank in blocks]
+            vectors = self._vectors  # per group: offset o, m members of n × r blocks
+            self._normalized = [vectors[:, o:o + m * n * r].view(degree, m, n, r) for o, m, n, r in blocks]
         return out
 
     def _project_group(self, g: int, group: list[torch.Tensor], out: torch.Tensor | None,

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from bench_gossip import (cpu_description, format_table, parse_list, pick_device, synchronize,  # scripts/ is on sys.path
-                          warn_if_busy)
+from bench_gossip import (cpu_description, format_table, parse_list, pick_device,  # scripts/ is on sys.path
+                          synchronize, warn_if_busy)
 
 from gossip import compression
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from bench_gossip import (SEED, WORKLOADS, Settings, cpu_description, format_table, initial_model,  # scripts/ is on sys.path
-                          parse_list)
+from bench_gossip import (SEED, WORKLOADS, Settings, cpu_description,  # scripts/ is on sys.path
+                          format_table, initial_model, parse_list)
 
 import topologies
 from gossip import native

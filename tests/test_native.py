@@ -289,6 +289,17 @@ def test_a_round_of_many_matrices_is_their_sweeps_one_by_one(edges: int, with_up
 
 
 @needs_native
+def test_a_round_refuses_buffers_it_cannot_address() -> None:
+    matrix = torch.zeros(3, 4)
+    table = native.round_matrices([matrix], [(0, 0)])
+    good, columns = torch.zeros(2, 4), torch.zeros(4, 2).T  # rows 1 float apart, entries 2 apart
+    for update in [(good, columns), (good.double(), good)]:
+        with pytest.raises(ValueError, match="2-D fp32 CPU tensor with contiguous rows"):
+            native.sweep_round(table, 2, update, 0, None, None)
+    assert not matrix.any()  # nothing written
+
+
+@needs_native
 def test_normalize_kernel_is_orthonormalize_and_depends_on_each_vector_alone() -> None:
     """One C call normalises every rank-1 vector of a round as edge.orthonormalize does (up to
     rounding; zero and NaN vectors become the normalised ones vector), and a vector's result does

@@ -263,10 +263,11 @@ def bitmap_scatter(bitmap: torch.Tensor, values: torch.Tensor, out: torch.Tensor
 def sweep(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None, side: int,
           vectors: torch.Tensor, messages: torch.Tensor) -> None:
     """:func:`gossip.edge.sweep` in one pass over fp32 ``matrix`` (contiguous): add ``left @ right``
-    (``update``; ``left`` of any strides, ``right``'s rows contiguous) in place, then ``messages[e] = M vectors[e]`` (side 0) or
-    ``Mᵀ vectors[e]`` (side 1) for every edge ``e``; ``messages`` may be a strided view whose rows
-    (``length × rank``) are contiguous. Raises MemoryError, changing nothing, when side 1's block
-    sums (about ``numel / 2^14 × edges × rank`` floats) cannot be allocated."""
+    (``update``; ``left`` of any strides) in place, then ``messages[e] = M vectors[e]`` (side 0) or
+    ``Mᵀ vectors[e]`` (side 1) for every edge ``e``; ``right``, ``vectors`` and ``messages`` may be
+    strided views whose rows (``length × rank`` for each edge) are contiguous. Raises MemoryError,
+    changing nothing, when side 1's block sums (about ``numel / 2^14 × edges × rank`` floats) cannot
+    be allocated."""
     left, right = update if update is not None else (matrix, matrix)  # width 0: unread
     if right.stride(-1) != 1:
         right = right.contiguous()
@@ -310,6 +311,9 @@ def sweep_round(table: ctypes.Array, edges: int, update: tuple[torch.Tensor, tor
     ``e``'s vectors in its rows of ``left`` and ``right`` at the matrix's offsets 0 and 1); then, with
     ``vectors``, each edge's message on ``side`` into its row of ``messages``. Raises MemoryError,
     changing nothing, when side 1's block sums cannot be allocated."""
+    buffers = [*(update or ()), *((vectors, messages) if vectors is not None else ())]
+    if any(b.dtype != torch.float32 or b.dim() != 2 or b.stride(1) != 1 or not b.is_cpu for b in buffers):
+        raise ValueError("sweep_round: every buffer must be a 2-D fp32 CPU tensor with contiguous rows")
     null = (None, 0)
     left, right = ((u.data_ptr(), u.stride(0)) for u in update) if update is not None else (null, null)
     projection = (vectors.data_ptr(), vectors.stride(0)) if vectors is not None else null
@@ -323,7 +327,7 @@ def normalize(vectors: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tenso
     """:func:`gossip.edge.orthonormalize` of rank-1 vectors, all in one call: in each row of the 2-D
     fp32 ``vectors`` (contiguous), the int64 ``offsets[s]`` and ``lengths[s]`` (contiguous) place
     vector ``s``; returns a new tensor with every vector divided by its 2-norm (summed in double), or
-    ``1 / sqrt(length)`` where the norm is zero."""
+    ``1 / sqrt(length)`` where the norm is not positive (zero or NaN)."""
     out = torch.empty_like(vectors)
     _library().gossip_normalize(vectors.data_ptr(), out.data_ptr(), vectors.shape[0], vectors.shape[1],
                                 offsets.data_ptr(), lengths.data_ptr(), offsets.numel())

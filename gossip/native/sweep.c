@@ -137,7 +137,8 @@ INLINE vec updated_part(const sweep_job *job, int64_t i, int64_t start, int64_t 
     vec x = load_part(at, n);
     if (width) {
         vec sum = {0};
-        for (int64_t k = 0; k < width; k++) sum += factors[k] * load_part(job->right + k * job->right_stride + start, n);
+        for (int64_t k = 0; k < width; k++)
+            sum += factors[k] * load_part(job->right + k * job->right_stride + start, n);
         x += sum;
         store_part(at, x, n);
     }
@@ -164,12 +165,14 @@ INLINE void row_dots(const sweep_job *job, int64_t i, int64_t width, int64_t pai
     for (; j + LANES <= cols; j += LANES)
         for (int q = 0; q < PARTS; q++) {
             vec x = updated_part(job, i, j + q * WIDTH, WIDTH, factors, width);
-            for (int64_t p = 0; p < pairs; p++) parts[p][q] += x * vloadu(job->vectors + p * job->vector_stride + j + q * WIDTH);
+            for (int64_t p = 0; p < pairs; p++)
+                parts[p][q] += x * vloadu(job->vectors + p * job->vector_stride + j + q * WIDTH);
         }
     for (int q = 0; q < PARTS && j + q * WIDTH < cols; q++) { /* the partial last step */
         int64_t start = j + q * WIDTH, n = cols - start < WIDTH ? cols - start : WIDTH;
         vec x = updated_part(job, i, start, n, factors, width);
-        for (int64_t p = 0; p < pairs; p++) parts[p][q] += x * load_part(job->vectors + p * job->vector_stride + start, n);
+        for (int64_t p = 0; p < pairs; p++)
+            parts[p][q] += x * load_part(job->vectors + p * job->vector_stride + start, n);
     }
     for (int64_t p = 0; p < pairs; p++) {
         for (int half = LANES / 2; half >= WIDTH; half /= 2)
