@@ -237,9 +237,9 @@ class Neighbourhood:
         # groups one by one.
         swept = [g for g, (group, rank) in enumerate(zip(matrices, plan.ranks))
                  if rank == 1 and all(m.dtype == torch.float32 for m in group) and native.usable(*group)]
-        members = [(matrix, (self._blocks[0][g][0] + m * matrix.shape[0], self._blocks[1][g][0] + m * matrix.shape[1]))
+        entries = [(matrix, (self._blocks[0][g][0] + m * matrix.shape[0], self._blocks[1][g][0] + m * matrix.shape[1]))
                    for g in swept for m, matrix in enumerate(matrices[g])]
-        self._table = native.round_matrices([matrix for matrix, _ in members], [places for _, places in members])
+        self._table = native.round_matrices([matrix for matrix, _ in entries], [places for _, places in entries])
         self._each = [g for g in range(len(matrices)) if g not in swept]
         self._vectors: torch.Tensor | None = None  # the round's v̂ of every edge, one row per edge
         self._normalized: list[torch.Tensor] = []  # its blocks per group, degree × members × length × rank
