@@ -300,16 +300,23 @@ def test_a_round_refuses_buffers_it_cannot_address() -> None:
 
 
 @needs_native
-def test_normalize_kernel_is_orthonormalize_and_depends_on_each_vector_alone() -> None:
+@pytest.mark.parametrize("isa", ISAS)
+def test_normalize_kernel_is_orthonormalize_and_depends_on_each_vector_alone(
+    isa: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One C call normalises every rank-1 vector of a round as edge.orthonormalize does (up to
-    rounding; zero and NaN vectors become the normalised ones vector), and a vector's result does
-    not depend on the vectors beside it."""
+    rounding; zero and NaN vectors become the normalised ones vector), the same on every build, and
+    a vector's result does not depend on the vectors beside it."""
     blocks = [(0, 1, 37, 1), (37, 3, 5, 1), (52, 1, 1000, 1)]
     vectors = torch.randn(3, 1052, generator=torch.Generator().manual_seed(0))
     vectors[1, 37:42] = 0.0
     vectors[2, 43] = float("nan")
     places = edge.rank_one_places(blocks)
+    monkeypatch.setattr(native, "_library", lambda: native._load("default"))
+    reference = edge.orthonormalize_rows(vectors, blocks, places)
+    monkeypatch.setattr(native, "_library", lambda: native._load(isa))
     found = edge.orthonormalize_rows(vectors, blocks, places)
+    assert torch.equal(found, reference)
     expected = edge.orthonormalize_rows(vectors, blocks)  # the torch ops, block by block
     torch.testing.assert_close(found, expected, rtol=1e-6, atol=1e-7)
     assert torch.equal(found[1, 37:42], torch.full((5,), 5 ** -0.5))
