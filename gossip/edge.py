@@ -242,7 +242,7 @@ class Neighbourhood:
         self._table = native.round_matrices([matrix for matrix, _ in entries], [places for _, places in entries])
         self._each = [g for g in range(len(matrices)) if g not in swept]
         self._vectors: torch.Tensor | None = None  # the round's v̂ of every edge, one row per edge
-        self._normalized: list[torch.Tensor] = []  # its blocks per group, degree × members × length × rank
+        self._normalized: list[torch.Tensor] = []  # its blocks per group (for self._each), degree × m × n × r
         self._prefetched: torch.Tensor | None = None
 
     @property
@@ -309,8 +309,8 @@ class Neighbourhood:
             blocks = self._blocks[1 - side]
             self._vectors = orthonormalize_rows(torch.stack([edge.round_vector() for edge in self.edges]), blocks,
                                                 self._places[1 - side])
-            vectors = self._vectors  # per group: offset o, m members of n × r blocks
-            self._normalized = [vectors[:, o:o + m * n * r].view(degree, m, n, r) for o, m, n, r in blocks]
+            if self._each:  # per group: offset o, m members of n × r blocks
+                self._normalized = [self._vectors[:, o:o + m * n * r].view(degree, m, n, r) for o, m, n, r in blocks]
         return out
 
     def _project_group(self, g: int, group: list[torch.Tensor], out: torch.Tensor | None,

@@ -137,10 +137,10 @@ def use_sweep(monkeypatch: pytest.MonkeyPatch, sweep_floats: int | None) -> None
 @pytest.mark.parametrize("sweep_floats", [None, edge_module.SWEEP_FLOATS, 7])
 @pytest.mark.parametrize("rank", [1, 2])
 def test_a_round_applies_every_edge_and_matrix_as_the_rule_says(rank, sweep_floats, monkeypatch):
-    """The batched round (one send buffer per worker, one product per shape group and edge, one
-    update per group, single matrices swept by the C kernel or in row chunks) equals the rule
-    applied edge by edge, on both sides, with a star's unequal degrees and shape groups of one and
-    of several matrices."""
+    """The batched round (one send buffer per worker; at rank 1 on the CPU one C call for every
+    matrix, else one product per shape group and edge, one update per group and single matrices
+    swept in row chunks) equals the rule applied edge by edge, on both sides, with a star's unequal
+    degrees and shape groups of one and of several matrices."""
     use_sweep(monkeypatch, sweep_floats)
     torch.manual_seed(0)
     workers = make_workers(conv_net(), range(4))
