@@ -123,12 +123,15 @@ def test_rounding_noise_is_splitmix64_in_int16_lanes(seed: int) -> None:
 
 
 @needs_native
-@pytest.mark.parametrize("stride, rank", [(1, 1), (7, 50), (61, 16_394)])  # 16,394: the whole sample
-def test_sample_threshold_is_the_ranked_key_of_the_strided_sample(stride: int, rank: int) -> None:
+@pytest.mark.parametrize("period, run, rank", [(1, 1, 1), (7, 1, 50), (999, 16, 16_017), (1000, 16, 300)])
+def test_sample_threshold_is_the_ranked_key_of_the_sample_runs(period: int, run: int, rank: int) -> None:
+    # 16,017: the whole sample of 1,002 runs, the last of one entry; (7, 1): a strided sample
     x = torch.randn(1_000_000, generator=torch.Generator().manual_seed(3))
     x[::97] = x[::97].round()  # ties
-    keys = compression._magnitude_keys(x[::stride])
-    assert native.sample_threshold(x, stride, rank) == int(torch.topk(keys, rank).values[-1])
+    sample = compression._topk_sample(x, period, run)
+    assert sample.numel() == sum(min(run, x.numel() - start) for start in range(0, x.numel(), period))
+    keys = compression._magnitude_keys(sample)
+    assert native.sample_threshold(x, period, run, rank) == int(torch.topk(keys, rank).values[-1])
 
 
 @needs_native
@@ -139,16 +142,36 @@ def test_topk_select_for_any_capacity_guess(isa: str, capacity: int, monkeypatch
     x = torch.rand(70_000, generator=torch.Generator().manual_seed(1))  # two parts: 2^16 and the rest
     x[torch.arange(20) * 1000] += 2.0  # 20 candidates, all in the first part
     threshold = int(compression._magnitude_keys(torch.tensor([1.5])))
+    indices, values = torch.empty(5, dtype=torch.int32), torch.empty(5)
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        indices, values = native.topk_select(x, threshold, 5, capacity)
-        too_few = native.topk_select(x, threshold, 21, capacity)
+        written = native.topk_select(x, threshold, 5, capacity, indices, values)
+        too_few = native.topk_select(x, threshold, 21, capacity, torch.empty(21, dtype=torch.int32), torch.empty(21))
     finally:
         torch.set_num_threads(previous)
     expected = torch.sort(torch.topk(x, 5).indices).values
+    assert written and torch.equal(indices.long(), expected) and torch.equal(values, x[expected])
+    assert not too_few
+
+
+@needs_native
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("k", [1, 16, 17, 1000])
+@pytest.mark.parametrize("offset", [0, 64, 3])  # 3: not aligned for a view, through temporaries
+def test_topk_writes_exactly_its_message(isa: str, k: int, offset: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The selection is written straight into the message: its values end where its indices begin,
+    and nothing is written past either."""
+    monkeypatch.setattr(native, "_library", lambda: native._load(isa))
+    d = 2**17
+    x = torch.randn(d, generator=torch.Generator().manual_seed(k))
+    codec = build("topk", fraction=k / d)
+    buffer = torch.full((offset + codec.wire_bytes(d) + 64,), 0xAB, dtype=torch.uint8)
+    wire = codec.encode(x, out=buffer[offset : offset + codec.wire_bytes(d)])
+    expected = torch.sort(torch.topk(x.abs(), k).indices).values
+    values, indices = wire[: 4 * k].clone().view(torch.float32), wire[4 * k :].clone().view(torch.int32)
     assert torch.equal(indices.long(), expected) and torch.equal(values, x[expected])
-    assert too_few is None
+    assert torch.all(buffer[:offset] == 0xAB) and torch.all(buffer[offset + codec.wire_bytes(d) :] == 0xAB)
 
 
 @pytest.mark.parametrize("seed", [0, 2**63 - 1])

@@ -72,14 +72,12 @@ ISA_FLAGS = {
     "avx512": ("-mavx2", "-mbmi", "-mbmi2", "-mpopcnt", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"),
 }
 SIGN, QSGD, MONIQUA = 0, 1, 2  # the kinds of gossip_quantize_pack
-#: Spare slots beyond k in top-k's outputs, for whole-vector stores (SLACK in codecs.c).
-SLACK = 16
 
 _i64, _u64, _int, _f32, _ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
 _SIGNATURES = {
     "gossip_quantize_pack": (_int, [_ptr, _i64, _int, _int, _int, _u64, _ptr, _int]),
     "gossip_lookup_decode": (None, [_ptr, _i64, _int, _ptr, _int, _f32, _ptr, _int]),
-    "gossip_sample_threshold": (ctypes.c_uint32, [_ptr, _i64, _i64, _i64]),
+    "gossip_sample_threshold": (ctypes.c_uint32, [_ptr, _i64, _i64, _i64, _i64]),
     "gossip_topk_select": (_i64, [_ptr, _i64, ctypes.c_uint32, _i64, _ptr, _ptr, _i64, _ptr, _ptr, _int]),
     "gossip_sparse_scatter": (_int, [_ptr, _ptr, _i64, _i64, _ptr, _int]),
     "gossip_randomk_bitmap": (_i64, [_u64, _i64, _i64, _ptr]),
@@ -215,26 +213,26 @@ def lookup_decode(wire: torch.Tensor, bits: int, base: torch.Tensor, scaled: boo
                                     out.data_ptr(), _threads())
 
 
-def sample_threshold(x: torch.Tensor, stride: int, rank: int) -> int:
-    """The ``rank``-th largest magnitude key (``compression._magnitude_keys``) of ``x[::stride]``."""
-    return _library().gossip_sample_threshold(x.data_ptr(), x.numel(), stride, rank)
+def sample_threshold(x: torch.Tensor, period: int, run: int, rank: int) -> int:
+    """The ``rank``-th largest magnitude key (``compression._magnitude_keys``) of the entries of ``x``
+    whose index ``i`` has ``i % period < run`` (``compression._topk_sample``)."""
+    return _library().gossip_sample_threshold(x.data_ptr(), x.numel(), period, run, rank)
 
 
-def topk_select(x: torch.Tensor, threshold: int, k: int, capacity: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The indices (int32, ascending) and values of the ``k`` entries of fp32 ``x`` with the largest
-    magnitude keys (``compression._magnitude_keys``), ties to the lower index, found among the
-    candidates whose key is not below ``threshold``; None when fewer than ``k`` are.  ``capacity``
-    is a guess of the candidates' number."""
+def topk_select(x: torch.Tensor, threshold: int, k: int, capacity: int, out_indices: torch.Tensor,
+                out_values: torch.Tensor) -> bool:
+    """Write the indices (int32, ascending) and values of the ``k`` entries of fp32 ``x`` with the
+    largest magnitude keys (``compression._magnitude_keys``), ties to the lower index, into the
+    ``k``-element ``out_indices`` and ``out_values``, finding them among the candidates whose key is
+    not below ``threshold``; False (nothing written) when fewer than ``k`` are.  ``capacity`` is a
+    guess of the candidates' number."""
     indices, values = torch.empty(capacity, dtype=torch.int32), torch.empty(capacity)
-    out_indices, out_values = torch.empty(k + SLACK, dtype=torch.int32), torch.empty(k + SLACK)
     found = _library().gossip_topk_select(x.data_ptr(), x.numel(), threshold, k, indices.data_ptr(),
                                           values.data_ptr(), capacity, out_indices.data_ptr(),
                                           out_values.data_ptr(), _threads())
-    if found < k:
-        return None
     if found > capacity:
-        return topk_select(x, threshold, k, found)
-    return out_indices[:k], out_values[:k]
+        return topk_select(x, threshold, k, found, out_indices, out_values)
+    return found >= k
 
 
 def sparse_scatter(indices: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> bool:

@@ -715,13 +715,18 @@ static uint32_t kth_largest_key(const float *values, int64_t count, int64_t k, i
     return prefix;
 }
 
-/* The threshold key: the rank-th largest key (1 = largest) of the sample x[0], x[stride], ...;
- * 0 (everything a candidate) when the sample cannot be allocated. */
-uint32_t gossip_sample_threshold(const float *x, int64_t count, int64_t stride, int64_t rank) {
-    int64_t size = (count + stride - 1) / stride, ties_taken, ties;
+/* The threshold key: the rank-th largest key (1 = largest) of the sample, the entries x[i] with
+ * i % period < run (runs of consecutive entries: few cache lines read); 0 (everything a candidate)
+ * when the sample cannot be allocated. */
+uint32_t gossip_sample_threshold(const float *x, int64_t count, int64_t period, int64_t run, int64_t rank) {
+    int64_t size = count / period * run + (count % period < run ? count % period : run), at = 0, ties_taken, ties;
     float *sample = malloc((size_t)size * sizeof(float));
     if (!sample) return 0;
-    for (int64_t i = 0; i < size; i++) sample[i] = x[i * stride];
+    for (int64_t start = 0; start < count; start += period) {
+        int64_t length = count - start < run ? count - start : run;
+        memcpy(sample + at, x + start, (size_t)length * sizeof(float));
+        at += length;
+    }
     uint32_t threshold = kth_largest_key(sample, size, rank, &ties_taken, &ties);
     free(sample);
     return threshold;
@@ -731,8 +736,8 @@ uint32_t gossip_sample_threshold(const float *x, int64_t count, int64_t stride, 
 #define SLACK 16
 
 /* Returns the number of candidates, or more when they do not fit in `capacity` less SLACK slots per
- * thread; writes the k selected (indices ascending) into out_indices and out_values (room for
- * k + SLACK each) only when they fit and are at least k.  One read of x when each part's candidates
+ * thread; writes the k selected (indices ascending) into out_indices and out_values (exactly k
+ * slots each: they may be the two halves of a message) only when they fit and are at least k.  One read of x when each part's candidates
  * fit in an equal share of the capacity; else a count first, and shares of the counted sizes. */
 int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, int64_t k, int32_t *indices,
                            float *values, int64_t capacity, int32_t *out_indices, float *out_values, int threads) {
@@ -774,12 +779,14 @@ int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, in
             __m512 group = _mm512_loadu_ps(values + i);
             __mmask16 take = _mm512_cmpge_epu32_mask(
                 _mm512_and_si512(_mm512_castps_si512(group), _mm512_set1_epi32(0x7FFFFFFF)), _mm512_set1_epi32((int32_t)kth));
-            _mm512_storeu_si512(out_indices + taken, _mm512_maskz_compress_epi32(take, _mm512_loadu_si512(indices + i)));
-            _mm512_storeu_ps(out_values + taken, _mm512_maskz_compress_ps(take, group));
-            taken += __builtin_popcount(take);
+            int count = __builtin_popcount(take);
+            __mmask16 used = (__mmask16)((1u << count) - 1); /* the compressed lanes only */
+            _mm512_mask_storeu_epi32(out_indices + taken, used, _mm512_maskz_compress_epi32(take, _mm512_loadu_si512(indices + i)));
+            _mm512_mask_storeu_ps(out_values + taken, used, _mm512_maskz_compress_ps(take, group));
+            taken += count;
         }
 #endif
-    for (; i < total; i++) { /* without branches */
+    for (; i < total && taken < k; i++) { /* without branches, but never past slot k - 1 */
         uint32_t key = magnitude_key(values[i]);
         int tie = key == kth, take = (key > kth) | (tie & (ties_taken > 0));
         ties_taken -= tie & take;
