@@ -201,83 +201,48 @@ INLINE void store_lanes(uint8_t *out, lanes8 lanes, int bits) {
     }
 }
 
-#if defined(__AVX512BW__) && defined(__AVX512DQ__)
-#define VECTOR_CODES 1
-/* splitmix64's outputs for the eight states first + l GOLDEN, l = 0..7. */
-INLINE __m512i mix64_lanes(uint64_t first) {
-    const __m512i lane_steps = _mm512_set_epi64(7 * GOLDEN, 6 * GOLDEN, 5 * GOLDEN, 4 * GOLDEN, 3 * GOLDEN,
-                                                2 * GOLDEN, GOLDEN, 0);
-    __m512i z = _mm512_add_epi64(_mm512_set1_epi64((long long)first), lane_steps);
-    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64((long long)0xBF58476D1CE4E5B9ull));
-    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64((long long)0x94D049BB133111EBull));
-    return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
-}
-
-/* step_codes on AVX-512, the same operations 16 elements at a time: a noise lane n + 2^15 is the
- * unsigned 16-bit lane n ^ 2^15; each code is masked to `bits` bits in its 32-bit lane, so that
- * saturating packs narrow it exactly, and one dword permute undoes the packs' interleaving of
- * 128-bit lanes.  Codes of 1, 2 and 4 bits are then packed by a byte test or by multiply-adds of
- * neighbouring bytes, the others by pack_lanes. */
-INLINE void step_codes_vector(const float *v, int kind, int bits, float scale, float offset, uint64_t seed,
-                              int64_t group, uint8_t *packed) {
-    __m512i codes;
-    if (kind == SIGN) {
-        uint64_t signs = 0;
-        for (int j = 0; j < 4; j++)
-            signs |= (uint64_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(v + 16 * j), _mm512_setzero_ps(), _CMP_GE_OQ) << (16 * j);
-        memcpy(packed, &signs, 8);
-        return;
-    }
-    uint64_t state = seed + ((uint64_t)group / 4 + 1) * GOLDEN;
-    const __m512i flip = _mm512_set1_epi64((long long)0x8000800080008000ull);
-    __m512i noise[2] = {_mm512_xor_si512(mix64_lanes(state), flip), _mm512_xor_si512(mix64_lanes(state + 8 * GOLDEN), flip)};
-    const __m512i mask = _mm512_set1_epi32(kind == QSGD ? ((1 << bits) - 1) & ~1 : (1 << bits) - 1);
+/* Stores the STEP codes, each in a 32-bit lane and below 2^bits, packed (pack_bits's stream).  With
+ * AVX-512, saturating packs narrow them to bytes (exact: each is below 256) and one dword permute
+ * undoes the packs' interleaving of 128-bit lanes; codes of 1, 2 and 4 bits are then packed by a
+ * byte test or by multiply-adds of neighbouring bytes, the others by pack_lanes. */
+INLINE void store_codes(const uint32_t codes[STEP], int bits, uint8_t *packed) {
+#if defined(__AVX512BW__)
     __m512i lanes[4];
-    for (int j = 0; j < 4; j++) {
-        __m512 value = _mm512_loadu_ps(v + 16 * j), fixed;
-        if (kind == QSGD) fixed = _mm512_min_ps(_mm512_set1_ps(scale), _mm512_mul_ps(_mm512_abs_ps(value), _mm512_set1_ps(offset)));
-        else fixed = _mm512_add_ps(_mm512_mul_ps(_mm512_min_ps(_mm512_set1_ps(0.5f), _mm512_max_ps(_mm512_set1_ps(-0.5f), value)),
-                                                 _mm512_set1_ps(scale)), _mm512_set1_ps(offset));
-        __m256i half = j % 2 ? _mm512_extracti64x4_epi64(noise[j / 2], 1) : _mm512_castsi512_si256(noise[j / 2]);
-        __m512i steps = _mm512_add_epi32(_mm512_cvttps_epi32(fixed), _mm512_cvtepu16_epi32(half));
-        if (kind == QSGD) { /* 2 * (steps >> 16) + (v < 0), of which bits 8 and up are dropped */
-            __mmask16 negative = _mm512_cmp_ps_mask(value, _mm512_setzero_ps(), _CMP_LT_OQ);
-            __m512i level = _mm512_and_si512(_mm512_srli_epi32(steps, 15), mask);
-            lanes[j] = _mm512_mask_or_epi32(level, negative, level, _mm512_set1_epi32(1));
-        } else {
-            lanes[j] = _mm512_and_si512(_mm512_srli_epi32(steps, 16), mask);
-        }
-    }
+    for (int j = 0; j < 4; j++) lanes[j] = _mm512_loadu_si512(codes + 16 * j);
     const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    codes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(_mm512_packus_epi32(lanes[0], lanes[1]),
-                                                                _mm512_packus_epi32(lanes[2], lanes[3])));
+    __m512i bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(_mm512_packus_epi32(lanes[0], lanes[1]),
+                                                                        _mm512_packus_epi32(lanes[2], lanes[3])));
     if (bits == 1) {
-        uint64_t bitmap = _mm512_test_epi8_mask(codes, codes);
+        uint64_t bitmap = _mm512_test_epi8_mask(bytes, bytes);
         memcpy(packed, &bitmap, 8);
     } else if (bits == 2) {
-        __m512i nibbles = _mm512_maddubs_epi16(codes, _mm512_set1_epi16(0x0401));
-        __m128i bytes = _mm512_cvtepi32_epi8(_mm512_madd_epi16(nibbles, _mm512_set1_epi32(0x00100001)));
-        memcpy(packed, &bytes, 16);
+        __m512i nibbles = _mm512_maddubs_epi16(bytes, _mm512_set1_epi16(0x0401));
+        __m128i packed_bytes = _mm512_cvtepi32_epi8(_mm512_madd_epi16(nibbles, _mm512_set1_epi32(0x00100001)));
+        memcpy(packed, &packed_bytes, 16);
     } else if (bits == 4) {
-        __m256i bytes = _mm512_cvtepi16_epi8(_mm512_maddubs_epi16(codes, _mm512_set1_epi16(0x1001)));
-        memcpy(packed, &bytes, 32);
+        __m256i packed_bytes = _mm512_cvtepi16_epi8(_mm512_maddubs_epi16(bytes, _mm512_set1_epi16(0x1001)));
+        memcpy(packed, &packed_bytes, 32);
     } else {
-        lanes8 bytes;
-        memcpy(&bytes, &codes, sizeof bytes);
-        store_lanes(packed, pack_lanes(bytes, bits), bits);
+        lanes8 eight;
+        memcpy(&eight, &bytes, sizeof eight);
+        store_lanes(packed, pack_lanes(eight, bits), bits);
     }
-}
+#else
+    uint8_t bytes[STEP];
+    for (int j = 0; j < STEP; j++) bytes[j] = (uint8_t)codes[j];
+    lanes8 eight;
+    memcpy(&eight, bytes, sizeof eight);
+    store_lanes(packed, pack_lanes(eight, bits), bits);
 #endif
+}
 
 /* The packed codes of x[group, group + STEP) (group a multiple of 8), `kind` and `bits` constant
  * after inlining.  Stochastic rounding: add a 16-bit noise lane to the fixed-point value (2^16
- * steps per unit, non-negative) and keep bits 16..23. */
+ * steps per unit, non-negative) and keep bits 16..23 (QSGD: twice those plus the sign), of which
+ * the stream keeps the low `bits`. */
 INLINE void step_codes(const float *v, int kind, int bits, float scale, float offset, uint64_t seed,
                        int64_t group, uint8_t *packed) {
-#if defined(VECTOR_CODES)
-    step_codes_vector(v, kind, bits, scale, offset, seed, group, packed);
-#else
-    uint8_t codes[STEP];
+    uint32_t codes[STEP], mask = (1u << bits) - 1;
     if (kind == SIGN) {
         for (int j = 0; j < STEP; j++) codes[j] = v[j] >= 0.0f;
     } else {
@@ -292,16 +257,12 @@ INLINE void step_codes(const float *v, int kind, int bits, float scale, float of
         uint64_t state = seed + ((uint64_t)group / 4 + 1) * GOLDEN; /* word w's state: state + w GOLDEN */
         for (int w = 0; w < STEP / 4; w++) words[w] = mix64_state(state + (uint64_t)w * GOLDEN);
         memcpy(noise, words, sizeof noise);
-        uint32_t steps[STEP]; /* wrapping, as torch's int32 (NaN converts to INT32_MIN on both) */
-        for (int j = 0; j < STEP; j++) steps[j] = (uint32_t)(int32_t)fixed[j] + (uint32_t)(int32_t)noise[j] + 32768u;
-        for (int j = 0; j < STEP; j++) codes[j] = (uint8_t)(steps[j] >> 16);
-        if (kind == QSGD)
-            for (int j = 0; j < STEP; j++) codes[j] = (uint8_t)(2 * codes[j] + (v[j] < 0.0f));
+        for (int j = 0; j < STEP; j++) { /* wrapping, as torch's int32 (NaN converts to INT32_MIN on both) */
+            uint32_t steps = (uint32_t)(int32_t)fixed[j] + (uint32_t)(int32_t)noise[j] + 32768u;
+            codes[j] = kind == QSGD ? ((steps >> 15) & mask & ~1u) | (v[j] < 0.0f) : (steps >> 16) & mask;
+        }
     }
-    lanes8 lanes;
-    memcpy(&lanes, codes, sizeof lanes);
-    store_lanes(packed, pack_lanes(lanes, bits), bits);
-#endif
+    store_codes(codes, bits, packed);
 }
 
 /* Lanes of a block's double sums (element i into lane i % LANES): enough independent additions to
