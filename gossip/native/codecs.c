@@ -202,9 +202,10 @@ INLINE void store_lanes(uint8_t *out, lanes8 lanes, int bits) {
 }
 
 /* Stores the STEP codes, each in a 32-bit lane and below 2^bits, packed (pack_bits's stream).  With
- * AVX-512, saturating packs narrow them to bytes (exact: each is below 256) and one dword permute
- * undoes the packs' interleaving of 128-bit lanes; codes of 1, 2 and 4 bits are then packed by a
- * byte test or by multiply-adds of neighbouring bytes, the others by pack_lanes. */
+ * AVX-512 or AVX2, saturating packs narrow them to bytes (exact: each is below 256) and one dword
+ * permute undoes the packs' interleaving of 128-bit lanes; codes of 1 and 4 bits (and 2, with
+ * AVX-512) are then packed by a byte test or by multiply-adds of neighbouring bytes, the others by
+ * pack_lanes. */
 INLINE void store_codes(const uint32_t codes[STEP], int bits, uint8_t *packed) {
 #if defined(__AVX512BW__)
     __m512i lanes[4];
@@ -225,6 +226,29 @@ INLINE void store_codes(const uint32_t codes[STEP], int bits, uint8_t *packed) {
     } else {
         lanes8 eight;
         memcpy(&eight, &bytes, sizeof eight);
+        store_lanes(packed, pack_lanes(eight, bits), bits);
+    }
+#elif defined(__AVX2__)
+    __m256i halves[2]; /* bytes of codes 0..31 and 32..63, each half as the AVX-512 path's whole */
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int h = 0; h < 2; h++) {
+        const uint32_t *half = codes + 32 * h;
+        __m256i low = _mm256_packus_epi32(_mm256_loadu_si256((const __m256i *)half), _mm256_loadu_si256((const __m256i *)(half + 8)));
+        __m256i high = _mm256_packus_epi32(_mm256_loadu_si256((const __m256i *)(half + 16)), _mm256_loadu_si256((const __m256i *)(half + 24)));
+        halves[h] = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(low, high), order);
+    }
+    if (bits == 1) {
+        uint64_t bitmap = (uint32_t)_mm256_movemask_epi8(_mm256_slli_epi16(halves[0], 7)) |
+                          (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_slli_epi16(halves[1], 7)) << 32;
+        memcpy(packed, &bitmap, 8);
+    } else if (bits == 4) { /* pairs of codes into words below 256, narrowed by one more pack */
+        __m256i pairs[2];
+        for (int h = 0; h < 2; h++) pairs[h] = _mm256_maddubs_epi16(halves[h], _mm256_set1_epi16(0x1001));
+        __m256i bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(pairs[0], pairs[1]), 0xD8);
+        memcpy(packed, &bytes, 32);
+    } else {
+        lanes8 eight;
+        memcpy(&eight, halves, sizeof eight);
         store_lanes(packed, pack_lanes(eight, bits), bits);
     }
 #else
