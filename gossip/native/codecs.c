@@ -722,8 +722,9 @@ uint32_t gossip_sample_threshold(const float *x, int64_t count, int64_t period, 
 
 /* Returns the number of candidates, or more when they do not fit in `capacity` less SLACK slots per
  * thread; writes the k selected (indices ascending) into out_indices and out_values (exactly k
- * slots each: they may be the two halves of a message) only when they fit and are at least k.  One read of x when each part's candidates
- * fit in an equal share of the capacity; else a count first, and shares of the counted sizes. */
+ * slots each: they may be the two halves of a message) only when they fit and are at least k.
+ * One read of x when each part's candidates fit in an equal share of the capacity; else a count
+ * first, and shares of the counted sizes. */
 int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, int64_t k, int32_t *indices,
                            float *values, int64_t capacity, int32_t *out_indices, float *out_values, int threads) {
     candidates_job job;
@@ -764,11 +765,11 @@ int64_t gossip_topk_select(const float *x, int64_t count, uint32_t threshold, in
             __m512 group = _mm512_loadu_ps(values + i);
             __mmask16 take = _mm512_cmpge_epu32_mask(
                 _mm512_and_si512(_mm512_castps_si512(group), _mm512_set1_epi32(0x7FFFFFFF)), _mm512_set1_epi32((int32_t)kth));
-            int count = __builtin_popcount(take);
-            __mmask16 used = (__mmask16)((1u << count) - 1); /* the compressed lanes only */
+            int kept = __builtin_popcount(take);
+            __mmask16 used = (__mmask16)((1u << kept) - 1); /* the compressed lanes only */
             _mm512_mask_storeu_epi32(out_indices + taken, used, _mm512_maskz_compress_epi32(take, _mm512_loadu_si512(indices + i)));
             _mm512_mask_storeu_ps(out_values + taken, used, _mm512_maskz_compress_ps(take, group));
-            taken += count;
+            taken += kept;
         }
 #endif
     for (; i < total && taken < k; i++) { /* without branches, but never past slot k - 1 */
