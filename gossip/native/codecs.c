@@ -272,17 +272,17 @@ INLINE void step_codes(const float *v, int kind, int bits, float scale, float of
     } else {
         float fixed[STEP];
         uint64_t words[STEP / 4];
-        int16_t noise[STEP];
+        uint16_t noise[STEP]; /* signed noise lane n plus 2^15: the bits of n with the top one flipped */
         for (int j = 0; j < STEP; j += VWIDTH) { /* QSGD: min(|v| offset, scale); MONIQUA: clamp, scale, offset */
             vfloat value = vload(v + j);
             if (kind == QSGD) vstore(fixed + j, vmin(vset(scale), vmul(vabs(value), vset(offset))));
             else vstore(fixed + j, vadd(vmul(vmin(vset(0.5f), vmax(vset(-0.5f), value)), vset(scale)), vset(offset)));
         }
         uint64_t state = seed + ((uint64_t)group / 4 + 1) * GOLDEN; /* word w's state: state + w GOLDEN */
-        for (int w = 0; w < STEP / 4; w++) words[w] = mix64_state(state + (uint64_t)w * GOLDEN);
+        for (int w = 0; w < STEP / 4; w++) words[w] = mix64_state(state + (uint64_t)w * GOLDEN) ^ 0x8000800080008000ull;
         memcpy(noise, words, sizeof noise);
         for (int j = 0; j < STEP; j++) { /* wrapping, as torch's int32 (NaN converts to INT32_MIN on both) */
-            uint32_t steps = (uint32_t)(int32_t)fixed[j] + (uint32_t)(int32_t)noise[j] + 32768u;
+            uint32_t steps = (uint32_t)(int32_t)fixed[j] + noise[j];
             codes[j] = kind == QSGD ? ((steps >> 15) & mask & ~1u) | (v[j] < 0.0f) : (steps >> 16) & mask;
         }
     }
