@@ -24,6 +24,12 @@
 
 #define BLOCK (1 << 16)
 
+/* Reads of x are hinted this far ahead, a line at a time.  The hardware prefetchers stop at 4 KiB
+ * page boundaries, so on 4 KiB pages (torch's tensors, unless transparent huge pages are asked
+ * for) a compute-bound pass over x otherwise waits for the first lines of every page. */
+#define AHEAD_BYTES 8192
+INLINE void prefetch_ahead(const float *p) { __builtin_prefetch((const void *)((uintptr_t)p + AHEAD_BYTES)); }
+
 /* ----------------------------------------------------------------------------------------------
  * Rounding noise: word w of the stream is splitmix64's output for counter w; element i uses the
  * signed 16-bit lane i % 4 of word i / 4 (little-endian), as compression._rounding_noise does.
@@ -317,6 +323,7 @@ INLINE void quantize_lanes(const quantize_job *job, int64_t first, int64_t last,
         int64_t end = block + BLOCK < last ? block + BLOCK : last, group = block;
         double sums[LANES] = {0};
         for (; group + STEP <= end; group += STEP) {
+            for (int line = 0; line < STEP; line += 16) prefetch_ahead(x + group + line);
             step_codes(x + group, kind, bits, scale, offset, seed, group, out + group / 8 * bits);
             if (kind == SIGN) add_abs(sums, x + group);
         }
@@ -412,8 +419,10 @@ static void squares_range(void *context, int64_t first, int64_t last, int part) 
     for (int64_t block = first; block < last; block += BLOCK) {
         int64_t end = block + BLOCK < last ? block + BLOCK : last, i = block;
         double sums[LANES] = {0};
-        for (; i + LANES <= end; i += LANES)
+        for (; i + LANES <= end; i += LANES) {
+            for (int line = 0; line < LANES; line += 16) prefetch_ahead(job->x + i + line);
             for (int l = 0; l < LANES; l++) sums[l] = add_square(sums[l], job->x[i + l]);
+        }
         for (int l = 0; i < end; i++, l++) sums[l] = add_square(sums[l], job->x[i]);
         job->block_sums[block / BLOCK] = lanes_total(sums);
     }
