@@ -643,6 +643,7 @@ static void candidates_range(void *context, int64_t first, int64_t last, int par
     const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF), bound = _mm512_set1_epi32((int32_t)threshold);
     const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (; i + 16 <= last; i += 16) {
+        prefetch_ahead(x + i);
         __m512 group = _mm512_loadu_ps(x + i);
         __mmask16 hits = _mm512_cmpge_epu32_mask(_mm512_and_si512(_mm512_castps_si512(group), magnitude), bound);
         if (at + 16 > limit) return; /* the stores below write 16 slots, the hits first */
