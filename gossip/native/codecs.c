@@ -213,6 +213,7 @@ INLINE void store_lanes(uint8_t *out, lanes8 lanes, int bits) {
  * AVX-512) are then packed by a byte test or by multiply-adds of neighbouring bytes, the others by
  * pack_lanes. */
 INLINE void store_codes(const uint32_t codes[STEP], int bits, uint8_t *packed) {
+    lanes8 eight; /* the 64 code bytes, for the widths packed by pack_lanes */
 #if defined(__AVX512BW__)
     __m512i lanes[4];
     for (int j = 0; j < 4; j++) lanes[j] = _mm512_loadu_si512(codes + 16 * j);
@@ -222,18 +223,20 @@ INLINE void store_codes(const uint32_t codes[STEP], int bits, uint8_t *packed) {
     if (bits == 1) {
         uint64_t bitmap = _mm512_test_epi8_mask(bytes, bytes);
         memcpy(packed, &bitmap, 8);
-    } else if (bits == 2) {
+        return;
+    }
+    if (bits == 2) {
         __m512i nibbles = _mm512_maddubs_epi16(bytes, _mm512_set1_epi16(0x0401));
         __m128i packed_bytes = _mm512_cvtepi32_epi8(_mm512_madd_epi16(nibbles, _mm512_set1_epi32(0x00100001)));
         memcpy(packed, &packed_bytes, 16);
-    } else if (bits == 4) {
+        return;
+    }
+    if (bits == 4) {
         __m256i packed_bytes = _mm512_cvtepi16_epi8(_mm512_maddubs_epi16(bytes, _mm512_set1_epi16(0x1001)));
         memcpy(packed, &packed_bytes, 32);
-    } else {
-        lanes8 eight;
-        memcpy(&eight, &bytes, sizeof eight);
-        store_lanes(packed, pack_lanes(eight, bits), bits);
+        return;
     }
+    memcpy(&eight, &bytes, sizeof eight);
 #elif defined(__AVX2__)
     __m256i halves[2]; /* bytes of codes 0..31 and 32..63, each half as the AVX-512 path's whole */
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -247,23 +250,22 @@ INLINE void store_codes(const uint32_t codes[STEP], int bits, uint8_t *packed) {
         uint64_t bitmap = (uint32_t)_mm256_movemask_epi8(_mm256_slli_epi16(halves[0], 7)) |
                           (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_slli_epi16(halves[1], 7)) << 32;
         memcpy(packed, &bitmap, 8);
-    } else if (bits == 4) { /* pairs of codes into words below 256, narrowed by one more pack */
+        return;
+    }
+    if (bits == 4) { /* pairs of codes into words below 256, narrowed by one more pack */
         __m256i pairs[2];
         for (int h = 0; h < 2; h++) pairs[h] = _mm256_maddubs_epi16(halves[h], _mm256_set1_epi16(0x1001));
         __m256i bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(pairs[0], pairs[1]), 0xD8);
         memcpy(packed, &bytes, 32);
-    } else {
-        lanes8 eight;
-        memcpy(&eight, halves, sizeof eight);
-        store_lanes(packed, pack_lanes(eight, bits), bits);
+        return;
     }
+    memcpy(&eight, halves, sizeof eight);
 #else
     uint8_t bytes[STEP];
     for (int j = 0; j < STEP; j++) bytes[j] = (uint8_t)codes[j];
-    lanes8 eight;
     memcpy(&eight, bytes, sizeof eight);
-    store_lanes(packed, pack_lanes(eight, bits), bits);
 #endif
+    store_lanes(packed, pack_lanes(eight, bits), bits);
 }
 
 /* The packed codes of x[group, group + STEP) (group a multiple of 8), `kind` and `bits` constant

@@ -310,7 +310,7 @@ int gossip_sweep(float *matrix, int64_t rows, int64_t cols, const float *left, i
     job.edges = edges, job.rank = rank, job.vectors = vectors, job.vector_stride = vector_stride;
     job.messages = messages, job.stride = stride;
     float *block_sums = NULL;
-    if (side == 1 && edges * rank) {
+    if (side == 1 && edges > 0 && rank > 0) {
         block_sums = malloc((size_t)block_sums_floats(&job, edges * rank) * sizeof(float));
         if (!block_sums) return -1; /* before any write: M is not half updated */
     }
