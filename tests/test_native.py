@@ -362,6 +362,30 @@ def test_build_caches_one_library_per_source(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [library.name]
 
 
+@needs_native
+def test_build_removes_libraries_unused_for_a_month(tmp_path) -> None:
+    import os
+    import time
+
+    def age(path: Path, days: float) -> Path:
+        path.touch()
+        stamp = time.time() - days * 86400
+        os.utime(path, (stamp, stamp))
+        return path
+
+    stale = native.STALE_DAYS + 1
+    old = [age(tmp_path / "gossip-kernels-avx2-0123456789abcdef.so", stale),
+           age(tmp_path / "gossip-kernels-default-0123456789abcdefxyz.so.partial", stale)]
+    kept = [age(tmp_path / "gossip-kernels-default-fedcba9876543210.so", native.STALE_DAYS - 1),
+            age(tmp_path / "notes.txt", stale), age(tmp_path / "gossip-kernels-readme.md", stale)]
+    library = native.build(cache_dir=tmp_path)
+    assert sorted(tmp_path.iterdir()) == sorted([library, *kept])
+    age(library, stale)
+    assert native.build(cache_dir=tmp_path) == library  # reused: marked as used again
+    assert time.time() - library.stat().st_mtime < 3600
+    assert all(path.exists() for path in kept)
+
+
 def test_environment_turns_the_kernels_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GOSSIP_NATIVE", "0")
     native._library.cache_clear()

@@ -15,6 +15,10 @@ Environment:
 * ``CC`` names the compiler (default ``cc``);
 * ``GOSSIP_CACHE_DIR`` is where the built library goes (default ``$XDG_CACHE_HOME/gossip`` or
   ``~/.cache/gossip``).
+
+Every source change builds one more library; a build removes the folder's other libraries (and
+left-over partial builds) that no process has loaded for ``STALE_DAYS`` days, so the folder does
+not grow without bound.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -71,6 +76,9 @@ ISA_FLAGS = {
     "avx2": ("-mavx2", "-mbmi", "-mbmi2", "-mpopcnt"),
     "avx512": ("-mavx2", "-mbmi", "-mbmi2", "-mpopcnt", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"),
 }
+#: A cached library unused for this many days is removed by the next build in its folder (loading
+#: a library refreshes its modification time, so a library in use is never removed).
+STALE_DAYS = 30
 SIGN, QSGD, MONIQUA = 0, 1, 2  # the kinds of gossip_quantize_pack
 
 _i64, _u64, _int, _f32, _ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
@@ -122,6 +130,7 @@ def _compile(compiler: str, flags: tuple[str, ...], folder: Path, isa: str) -> P
     key = hashlib.sha256(source + repr((flags, compiler, sys.platform)).encode()).hexdigest()[:16]
     library = folder / f"gossip-kernels-{isa}-{key}.so"
     if library.exists():
+        _mark_used(library)
         return library
     folder.mkdir(parents=True, exist_ok=True)
     # Built under a temporary name and renamed, so that concurrent processes never load half a file.
@@ -134,12 +143,32 @@ def _compile(compiler: str, flags: tuple[str, ...], folder: Path, isa: str) -> P
             errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
             raise RuntimeError(f"{shlex.join(command)} failed: {errors[:1]}")
         os.replace(partial, library)
+        _prune(folder, time.time() - STALE_DAYS * 86400)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise RuntimeError(f"cannot run the C compiler {compiler!r}: {error}") from error
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
     return library
+
+
+def _mark_used(library: Path) -> None:
+    """Refresh ``library``'s modification time (its last use), where the folder lets us."""
+    try:
+        os.utime(library)
+    except OSError:
+        pass  # a read-only shared cache: nothing is pruned there either
+
+
+def _prune(folder: Path, unused_since: float) -> None:
+    """Remove the libraries and partial builds in ``folder`` last used before ``unused_since``
+    (seconds since the epoch); one that another process removes first is skipped."""
+    for path in folder.glob("gossip-kernels-*.so*"):
+        try:
+            if path.suffix in (".so", ".partial") and path.stat().st_mtime < unused_since:
+                path.unlink()
+        except OSError:
+            continue
 
 
 @functools.lru_cache(maxsize=None)
