@@ -379,6 +379,7 @@ def test_build_removes_libraries_unused_for_a_month(tmp_path) -> None:
     kept = [age(tmp_path / "gossip-kernels-default-fedcba9876543210.so", native.STALE_DAYS - 1),
             age(tmp_path / "notes.txt", stale), age(tmp_path / "gossip-kernels-readme.md", stale)]
     library = native.build(cache_dir=tmp_path)
+    assert not any(path.exists() for path in old)
     assert sorted(tmp_path.iterdir()) == sorted([library, *kept])
     age(library, stale)
     assert native.build(cache_dir=tmp_path) == library  # reused: marked as used again
