@@ -39,6 +39,10 @@ should stay within 1.1× of its step with ``--workers`` (issue 8's target). Both
 measured in the same one-process job, each algorithm at ``--workers`` and then at ``--scale-to``
 within every repetition, so that the ratio compares measurements taken seconds apart, not minutes.
 
+The targets table computes every target once per repetition, from rows of the same job measured
+within that repetition, and shows the median, the range over the repetitions and a verdict on the
+median; each row's ``repetitions`` in the JSON holds its per-repetition values.
+
 The codec micro-benchmark is ``scripts/bench_codecs.py``; docs/performance.md has the latest tables.
 """
 
@@ -579,7 +583,7 @@ def make_row(job: Job, label: str, ring: int, per_rank: list[list[Timing]]) -> d
     """One table row from every process's repetitions of ``label`` on ``ring`` workers."""
     repetitions = [slowest_process(list(reps)) for reps in zip(*per_rank)]
     waits = [[timing.comm_wait_s for timing in reps] for reps in zip(*per_rank)]
-    least_wait = None if None in waits[0] else statistics.median(min(wait) for wait in waits)
+    least_waits = [None if None in wait else min(wait) for wait in waits]
     workers = job.processes if label == DDP_LABEL else ring
     name = "ddp+powerSGD" if label == DDP_LABEL else ALGORITHM_CONFIGS[label][0]
     return {"model": job.model, "algorithm": label, "registered_as": name,
@@ -587,7 +591,9 @@ def make_row(job: Job, label: str, ring: int, per_rank: list[list[Timing]]) -> d
             "run_workers": ring,
             "workers_per_process": workers // job.processes,
             "device": pick_device(job.settings.device).type, **asdict(median_timing(repetitions)),
-            "comm_wait_least_s": least_wait}
+            "comm_wait_least_s": None if None in least_waits else statistics.median(least_waits),
+            "repetitions": [{**asdict(timing), "comm_wait_least_s": least}
+                            for timing, least in zip(repetitions, least_waits)]}
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -664,41 +670,56 @@ def find_row(rows: list[dict[str, Any]], model: str, label: str, processes: int,
     return min(matching, key=lambda r: r["run_workers"], default=None)
 
 
-def per_worker_step(row: Optional[dict[str, Any]]) -> Optional[float]:
-    return None if row is None else row["step_s"] / row["workers_per_process"]
+def each_repetition(row: Optional[dict[str, Any]], other: Optional[dict[str, Any]],
+                    value: Callable[[dict[str, Any], dict[str, Any]], Optional[float]]) -> Optional[list[float]]:
+    """``value(repetition of row, repetition of other)`` for every repetition r of two rows of one job
+    (measured seconds apart, within repetition r); None when a row or a value is missing."""
+    if row is None or other is None:
+        return None
+    values = [value(mine, theirs) for mine, theirs in zip(row["repetitions"], other["repetitions"])]
+    return None if not values or None in values else values
 
 
 def target_lines(rows: list[dict[str, Any]]) -> list[list[str]]:
-    """``[target, measured, verdict]`` for every step-time target of issue 8 (``pending`` when a row
-    it needs was not measured)."""
-    def check(text: str, value: Optional[float], limit: Optional[float], shown: str = "{:.2%}") -> list[str]:
-        if value is None:
-            return [text, "—", "pending"]
-        verdict = "reported" if limit is None else "met" if value <= limit else "missed"
-        return [text, shown.format(value), verdict]
+    """``[target, measured, range, verdict]`` for every step-time target of issue 8. Each target is
+    computed per repetition from rows of the same job, so that a change of the machine's speed
+    between repetitions cancels; ``measured`` is the median over the repetitions, ``range`` their
+    lowest and highest, and the verdict follows the median (``pending`` when a row it needs was not
+    measured)."""
+    def check(text: str, values: Optional[list[float]], limit: Optional[float], shown: str = "{:.2%}") -> list[str]:
+        if values is None:
+            return [text, "—", "—", "pending"]
+        middle = statistics.median(values)
+        verdict = "reported" if limit is None else "met" if middle <= limit else "missed"
+        return [text, shown.format(middle), f"{shown.format(min(values))}–{shown.format(max(values))}", verdict]
 
-    def codec_share(model: str, label: str) -> Optional[float]:
+    def codec_share(model: str, label: str) -> Optional[list[float]]:
+        """The method's own work (its codec time less local SGD's, per worker) over its forward/backward."""
         row = find_row(rows, model, label, 1)
-        return None if row is None else fraction(row["codec_extra_s"], row["compute_s"])
+        local = None if row is None else find_row(rows, model, REFERENCE_LABEL, 1, row["run_workers"])
+        return each_repetition(row, local, lambda mine, ref: fraction(
+            mine["codec_s"] - ref["codec_s"] / local["workers_per_process"] * row["workers_per_process"],
+            mine["compute_s"]))
 
-    def comm_share(label: str, model: str, key: str = "comm_wait_s") -> Optional[float]:
+    def comm_share(label: str, model: str, key: str = "comm_wait_s") -> Optional[list[float]]:
         row = find_row(rows, model, label, 2)
-        return None if row is None else fraction(row.get(key), row["step_s"])
+        return each_repetition(row, row, lambda mine, _: fraction(mine[key], mine["step_s"]))
 
-    def versus_ddp(model: str, processes: int, per_compute: bool = False) -> Optional[float]:
+    def versus_ddp(model: str, processes: int, per_compute: bool = False) -> Optional[list[float]]:
         """PowerGossip s=1's step per worker over DDP+powerSGD's; ``per_compute``: each step over
         its own forward/backward first, which cancels a change of machine speed between the two
         measurements (the same model's forward/backward costs the same in both)."""
         gossip, ddp = find_row(rows, model, "powergossip-1", processes), find_row(rows, model, DDP_LABEL, processes)
-        if gossip is None or ddp is None:
-            return None
         if per_compute:
-            return (gossip["step_s"] / gossip["compute_s"]) / (ddp["step_s"] / ddp["compute_s"])
-        return gossip["step_s"] / gossip["workers_per_process"] / ddp["step_s"]
+            return each_repetition(gossip, ddp, lambda mine, theirs: fraction(
+                fraction(mine["step_s"], mine["compute_s"]), fraction(theirs["step_s"], theirs["compute_s"])))
+        return each_repetition(gossip, ddp, lambda mine, theirs: fraction(
+            mine["step_s"] / gossip["workers_per_process"], theirs["step_s"]))
 
-    def scaling(model: str, label: str, workers: int) -> Optional[float]:
-        small, large = per_worker_step(find_row(rows, model, label, 1)), per_worker_step(find_row(rows, model, label, 1, workers))
-        return None if small is None or large is None else large / small
+    def scaling(model: str, label: str, workers: int) -> Optional[list[float]]:
+        small, large = find_row(rows, model, label, 1), find_row(rows, model, label, 1, workers)
+        return each_repetition(large, small, lambda mine, theirs: fraction(
+            mine["step_s"] / large["workers_per_process"], theirs["step_s"] / small["workers_per_process"]))
 
     lines = [check("PowerGossip s=1 codec (extra) ≤ 1 % of LSTM forward/backward (P=1)",
                    codec_share("lstm", "powergossip-1"), 0.01),
@@ -822,7 +843,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(step_table(rows) if rows else "no rows measured")
     print()
-    print(format_table(["target", "measured", "verdict"], target_lines(rows)))
+    print(format_table(["target", "measured", "range", "verdict"], target_lines(rows)))
     print(f"\n{len(rows)} rows in {time.perf_counter() - start:.0f} s; torch {torch.__version__}, "
           f"{cpu_description()}, device {pick_device(args.device).type}")
     if args.json is not None:

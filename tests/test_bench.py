@@ -59,6 +59,8 @@ def test_step_benchmark_writes_rows(tmp_path: Path):
         assert_finite_non_negative(row, ["iterations", "workers", "step_s", "compute_s", "comm_wait_s",
                                          "bytes_per_step", "ratio_to_local"])
         assert math.isfinite(row["codec_s"])  # the rest of the step: a difference of timings
+        [repetition] = row["repetitions"]  # --repeats 1: the median is that repetition
+        assert all(repetition[key] == row[key] for key in ("step_s", "compute_s", "comm_wait_s", "comm_wait_least_s"))
     assert rows[0]["bytes_per_step"] == 0 and rows[1]["bytes_per_step"] > 0
     assert [r["run_workers"] for r in rows] == [4, 4, 8, 8] and rows[2]["ratio_to_local"] == 1  # own reference
     assert any(line.startswith("|") and "dpsgd" in line for line in output.splitlines())  # the table
@@ -95,11 +97,35 @@ def test_sweep_benchmark_writes_a_row(tmp_path: Path):
     assert " cores" in output.splitlines()[-1]  # the machine the timings came from
 
 
-def test_cpu_description_names_the_model_cores_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def load_bench_gossip(monkeypatch: pytest.MonkeyPatch):
     spec = importlib.util.spec_from_file_location("bench_gossip", ROOT / "scripts" / "bench_gossip.py")
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "bench_gossip", bench)  # its dataclasses look their module up
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_targets_pair_the_repetitions_of_one_job(monkeypatch: pytest.MonkeyPatch):
+    bench = load_bench_gossip(monkeypatch)
+
+    def row(algorithm: str, workers: int, steps: list[float], computes: list[float]) -> dict:
+        repetitions = [{"step_s": step, "compute_s": compute, "codec_s": 0.0, "comm_wait_s": None,
+                        "comm_wait_least_s": None, "bytes_per_step": 0.0} for step, compute in zip(steps, computes)]
+        return {"model": "mlp", "algorithm": algorithm, "processes": 1, "run_workers": workers,
+                "workers_per_process": workers, "repetitions": repetitions}
+
+    # Per worker, PowerGossip's steps are 1, 3, 4 and DDP's 1, 4, 2 in the same repetitions: the ratios
+    # 1, 0.75, 2 have the median 1 (met), where the medians' ratio would be 3 / 2 (missed).
+    rows = [row("powergossip-1", 4, [4.0, 12.0, 16.0], [2.0, 6.0, 8.0]), row("ddp-powersgd", 1, [1.0, 4.0, 2.0], [1.0, 2.0, 2.0])]
+    lines = {line[0]: line[1:] for line in bench.target_lines(rows)}
+    assert lines["mlp P=1: PowerGossip s=1 step per worker ≤ DDP+powerSGD step"] == ["1.00×", "0.75×–2.00×", "met"]
+    # Over their own forward/backward: 2 / 1, 2 / 2, 2 / 1.
+    assert lines["mlp P=1: the same, each step over its own forward/backward"] == ["2.00×", "1.00×–2.00×", "missed"]
+    assert lines["mlp powergossip-1: comm wait ≤ 5 % of the step (P=2)"] == ["—", "—", "pending"]
+
+
+def test_cpu_description_names_the_model_cores_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    bench = load_bench_gossip(monkeypatch)
     (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n\n"
                                       "processor\t: 1\nmodel name\t: Test CPU 9000\n")
     caches = [("1", "Data", "48K"), ("1", "Instruction", "32K"), ("2", "Unified", "1280K"), ("3", "Unified", "307200K")]
