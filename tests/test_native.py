@@ -1,7 +1,9 @@
 """Tests for gossip.native: the C kernels write the same bytes as the torch path of every codec, and
 PowerGossip's fused sweep computes the torch sweep's products, whatever the threads and the build."""
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -364,9 +366,6 @@ def test_build_caches_one_library_per_source(tmp_path) -> None:
 
 @needs_native
 def test_build_removes_libraries_unused_for_a_month(tmp_path) -> None:
-    import os
-    import time
-
     def age(path: Path, days: float) -> Path:
         path.touch()
         stamp = time.time() - days * 86400
