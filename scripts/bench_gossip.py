@@ -596,6 +596,12 @@ def make_row(job: Job, label: str, ring: int, per_rank: list[list[Timing]]) -> d
                             for timing, least in zip(repetitions, least_waits)]}
 
 
+def codec_beyond_local(codec_s: float, row: dict[str, Any], local_codec_s: float, local: dict[str, Any]) -> float:
+    """A method's own work: its ``codec_s`` (of ``row``) less local SGD's (of the ``local`` row of the
+    same job), which every method also spends on the optimizer step, scaled to ``row``'s workers."""
+    return codec_s - local_codec_s / local["workers_per_process"] * row["workers_per_process"]
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """``ratio_to_local`` and the parts' ratios: per worker, over local SGD of the same model and
     processes; ``codec_extra_s``: ``codec_s`` less local SGD's (the optimizer step that every method
@@ -604,8 +610,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         reference = references.get(run_key(row))
         local_step = reference["step_s"] / reference["workers_per_process"] if reference else None
-        row["codec_extra_s"] = None if reference is None else row["codec_s"] - (
-            reference["codec_s"] / reference["workers_per_process"] * row["workers_per_process"])
+        row["codec_extra_s"] = None if reference is None else codec_beyond_local(
+            row["codec_s"], row, reference["codec_s"], reference)
         for part, key in [("step_s", "ratio_to_local"), ("compute_s", "compute_to_local"),
                           ("codec_s", "codec_to_local"), ("comm_wait_s", "comm_wait_to_local")]:
             value = row[part]
@@ -698,8 +704,7 @@ def target_lines(rows: list[dict[str, Any]]) -> list[list[str]]:
         row = find_row(rows, model, label, 1)
         local = None if row is None else find_row(rows, model, REFERENCE_LABEL, 1, row["run_workers"])
         return each_repetition(row, local, lambda mine, ref: fraction(
-            mine["codec_s"] - ref["codec_s"] / local["workers_per_process"] * row["workers_per_process"],
-            mine["compute_s"]))
+            codec_beyond_local(mine["codec_s"], row, ref["codec_s"], local), mine["compute_s"]))
 
     def comm_share(label: str, model: str, key: str = "comm_wait_s") -> Optional[list[float]]:
         row = find_row(rows, model, label, 2)
