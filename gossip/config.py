@@ -117,6 +117,10 @@ class OptimizerConfig:
     weight_decay: float = option(0.0, help="L2 weight decay on tensors with >1 dimension", ge=0)
     weight_decay_1d: bool = option(False, help="also decay 1-D tensors (biases, norm scales)")
     clip_norm: Optional[float] = option(None, help="clip each worker's gradient norm to this", gt=0)
+    clip_scope: Literal["worker", "mean"] = option(
+        "worker", help="allreduce: clip each worker's gradient before averaging (worker, as the "
+                       "reference code does) or the averaged gradient (mean); the gossip algorithms "
+                       "always clip each worker's own gradient")
 
 
 @dataclass
@@ -369,9 +373,11 @@ def _check_combinations(config: Config) -> None:
     if (train.steps is None) == (train.epochs is None):
         raise ConfigError("train: set exactly one of train.steps and train.epochs")
     try:
-        config.topology.build(config.workers, config.seed)
+        schedule = config.topology.build(config.workers, config.seed)
     except ValueError as exc:
         raise ConfigError(f"topology: {_one_line(exc)} (workers = {config.workers})") from None
+    implementation = _registries()["algorithm"].implementation(config.algorithm.name)
+    _reraise_with_path(lambda _: implementation.check_topology(schedule, config.algorithm.name), config, "algorithm")
     check = getattr(config.algorithm, "check", None)
     if check is not None:
         _reraise_with_path(check, config, "algorithm")

@@ -29,9 +29,9 @@ class LocalSGD:
             grad.mul_(scale.clamp(max=1.0))
 
     def step(self, params: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
-        """``params -= lr * direction(grad)`` in place; ``grad`` is clipped and decayed in place."""
+        """``params -= lr * direction(grad)`` in place; ``grad`` is decayed in place (clipping is
+        the caller's :meth:`clip_`, so that all-reduce can clip before or after averaging)."""
         cfg = self.config
-        self.clip_(grad)
         if cfg.weight_decay:
             grad.addcmul_(params, self.decay_mask, value=cfg.weight_decay)
         direction = grad

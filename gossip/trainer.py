@@ -69,7 +69,9 @@ class Trainer:
     # --- one step -------------------------------------------------------------------------
 
     def compute_gradients(self) -> None:
-        """Forward and backward for every local worker on its next batch, at its current params."""
+        """Forward and backward for every local worker on its next batch, at its current params
+        (timed as compute, with the local optimizer steps; codec time is the rest of a step that
+        is not spent waiting for messages)."""
         start = time.perf_counter()
         for k, w in enumerate(self.workers):
             w.grads.zero_()
@@ -83,9 +85,11 @@ class Trainer:
 
     def train_step(self) -> None:
         lr = self.learning_rate()
-        start, compute0, comm0 = time.perf_counter(), self.time["compute"], self.network.comm_wait_s
+        start, compute0 = time.perf_counter(), self.time["compute"]
+        comm0, optimizer0 = self.network.comm_wait_s, self.algorithm.optimizer_s
         self.algorithm.step(self.step, lr, self.compute_gradients)
         comm = self.network.comm_wait_s - comm0
+        self.time["compute"] += self.algorithm.optimizer_s - optimizer0
         self.time["comm"] += comm
         self.time["codec"] += time.perf_counter() - start - (self.time["compute"] - compute0) - comm
         self.step += 1

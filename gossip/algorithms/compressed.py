@@ -20,7 +20,7 @@ from typing import Any, Literal, Optional, Sequence
 import torch
 
 from gossip import compression, native
-from gossip.algorithms.base import Algorithm
+from gossip.algorithms.base import Algorithm, GossipAlgorithm, GossipOptions
 from gossip.config import option
 from gossip.network import PendingRound
 from gossip.seeding import generator
@@ -111,7 +111,7 @@ class PendingMessages:
         return own, {(j, i): decoded[j] for (j, i) in received}
 
 
-class CompressedAlgorithm(Algorithm):
+class CompressedAlgorithm(GossipAlgorithm):
     """An algorithm whose messages are its options' codec applied per parameter tensor."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -128,7 +128,7 @@ class CompressedAlgorithm(Algorithm):
 
 
 @dataclass
-class CodecOptions:
+class CodecOptions(GossipOptions):
     """The codec keys of ChocoSGD and DeepSqueeze: a codec name and that codec's own options."""
 
     codec: CodecName = option("sign", help="message codec, applied per parameter tensor: "
