@@ -284,3 +284,12 @@ def test_printed_commands_run_and_are_collected(tmp_path):
     assert [r["status"] for r in read_results(out)] == ["done", "not run"]
     again = sweep_cli([*args, "--print-commands"], tmp_path, timeout=60)
     assert again.stdout.splitlines() == lines[1:]
+
+
+def test_the_example_sweep_file_gives_valid_configs(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    sweep = sweepfile.load(Path("configs/sweeps/logistic_lr.yaml"))
+    runs = sweep.runs()
+    assert len(runs) == 30 and sweep.seeds == [0, 1, 2]
+    for run in runs:
+        cfg.load(sweep.base, list(run.overrides))
