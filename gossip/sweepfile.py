@@ -39,6 +39,7 @@ TOP_KEYS = ("base", "set", "seeds", "grid", "rows")
 ROW_KEYS = ("label", "set")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,12 @@ class Sweep:
                     settings = {**self.common, **row.fixed, **dict(values), "seed": seed}
                     overrides = tuple(f"{k}={format_value(v)}" for k, v in settings.items())
                     runs.append(Run(row.label, values, seed, overrides))
-        names = [run.name for run in runs]
-        for name in names:
-            if names.count(name) > 1:
-                raise SweepError(f"two runs would share the run directory {name!r}; make the values or labels differ")
+        seen: set[str] = set()
+        for run in runs:
+            if run.name in seen:
+                raise SweepError(f"two runs would share the run directory {run.name!r}; "
+                                 "make the values or labels differ")
+            seen.add(run.name)
         return runs
 
 
@@ -220,7 +223,7 @@ def _flatten(raw: Any, where: str, prefix: str = "") -> dict[str, Any]:
         if isinstance(value, Mapping):
             flat.update(_flatten(value, where, f"{prefix}{key}."))
         else:
-            flat[f"{prefix}{key}"] = value
+            flat[f"{prefix}{key}"] = [_number(v) for v in value] if isinstance(value, list) else _number(value)
     return flat
 
 
@@ -240,6 +243,11 @@ def _check_seeds(seeds: list[Any], where: str) -> list[int]:
 
 def _yaml_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return _number(yaml.safe_load(text)) if text.strip() else ""
     except yaml.YAMLError:
         return text
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; a sweep means the number."""
+    return float(value) if isinstance(value, str) and _SCIENTIFIC.match(value) else value

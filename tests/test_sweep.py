@@ -115,7 +115,7 @@ def test_a_bad_sweep_file_is_one_line_naming_the_key(tmp_path, content, message)
 
 
 def test_command_line_grid_and_seeds_are_checked():
-    assert sweepfile.parse_grid_option("optimizer.lr=0.1,1e-3, 2") == ("optimizer.lr", [0.1, "1e-3", 2])
+    assert sweepfile.parse_grid_option("optimizer.lr=0.1,1e-3, 2") == ("optimizer.lr", [0.1, 0.001, 2])
     with pytest.raises(SweepError, match="expected KEY=V1,V2"):
         sweepfile.parse_grid_option("optimizer.lr")
     with pytest.raises(SweepError, match="--seeds 'a': expected comma-separated integers"):
