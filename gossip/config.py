@@ -192,8 +192,13 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with each ``a.b.c=value`` set (value parsed as YAML)."""
+    """Return a copy of ``raw`` with each ``a.b.c=value`` set (value parsed as YAML).
+
+    A run's length is one of ``train.steps`` and ``train.epochs``: setting one drops the other,
+    unless ``raw`` itself sets both (that stays an error)."""
     result = _deep_copy(raw)
+    train = raw.get("train")
+    both_in_raw = isinstance(train, Mapping) and all(train.get(k) is not None for k in _LENGTH_KEYS.values())
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -212,7 +217,13 @@ def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, A
                 raise ConfigError(f"--set {key.strip()!r}: {'.'.join(parts[: i + 1])} is not a section")
             node = child
         node[parts[-1]] = value
+        other = _LENGTH_KEYS.get(key.strip())
+        if other is not None and value is not None and not both_in_raw:
+            node.pop(other, None)
     return result
+
+
+_LENGTH_KEYS = {"train.steps": "epochs", "train.epochs": "steps"}  # each key: the one it replaces
 
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
