@@ -18,11 +18,8 @@ shape are projected together (one batched product per shape group and edge), eve
 projections of a round are written straight into one row of a send buffer (one message per
 neighbour), and the rank-``r`` updates from all neighbours are one product per shape group. A
 matrix of its own group (every large one) is swept (:func:`sweep`): updated and then projected for
-every edge for the next round in one pass, row by row by a C kernel on the CPU, else in
-cache-sized row chunks, so that a round moves a large matrix through memory once instead of
-``degree + 2`` times. On the CPU at rank 1, one C call sweeps every matrix of a worker, those of
-the shape groups included (each at its place in the group's blocks), and one more normalises the
-round's vectors: a round then costs a few torch ops per worker rather than per matrix or group.
+every edge for the next round in one pass over cache-sized row chunks, so that a round moves a
+large matrix through memory once instead of ``degree + 2`` times.
 """
 
 from __future__ import annotations
@@ -32,7 +29,6 @@ from typing import Any
 
 import torch
 
-from gossip import native
 from gossip.seeding import generator
 
 
@@ -105,23 +101,10 @@ def orthonormalize(v: torch.Tensor) -> torch.Tensor:
 Blocks = list[tuple[int, int, int, int]]
 
 
-def rank_one_places(blocks: Blocks) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Where each member's vector sits in a row laid out by ``blocks`` (:meth:`MatrixPlan.blocks`):
-    int64 offsets and lengths, for :func:`gossip.native.normalize`; None when a block has rank > 1."""
-    if any(rank != 1 for *_, rank in blocks):
-        return None
-    places = torch.tensor([(offset + m * length, length) for offset, members, length, _ in blocks
-                           for m in range(members)], dtype=torch.long).view(-1, 2)
-    return places[:, 0].contiguous(), places[:, 1].contiguous()
-
-
-def orthonormalize_rows(vectors: torch.Tensor, blocks: Blocks,
-                        places: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def orthonormalize_rows(vectors: torch.Tensor, blocks: Blocks) -> torch.Tensor:
     """A new tensor with every member's block of every row of ``vectors`` (edges × floats, laid out
-    by ``blocks``) orthonormalised as by :func:`orthonormalize`: for rank 1 on the CPU (``places``
-    from :func:`rank_one_places`), all in one C call instead of a few torch ops per block."""
-    if places is not None and vectors.dtype == torch.float32 and native.usable(vectors):
-        return native.normalize(vectors, *places)
+    by ``blocks``, :meth:`MatrixPlan.blocks`) orthonormalised as by :func:`orthonormalize`, one
+    batched call per shape group."""
     out, degree = torch.empty_like(vectors), vectors.shape[0]
     for offset, members, length, rank in blocks:
         end = offset + members * length * rank
@@ -191,14 +174,10 @@ def sweep(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None
           side: int = 0, vectors: torch.Tensor | None = None, messages: torch.Tensor | None = None) -> None:
     """One pass over ``matrix``: add ``left @ right`` (``update``) in place, then project the updated
     matrix for every edge ``k``: ``messages[k] = M v̂_k`` (``side`` 0, ``v̂_k = vectors[k]`` of cols ×
-    rank) or ``Mᵀ v̂_k`` (side 1, rows × rank). On contiguous fp32 CPU tensors one fused kernel
-    (:func:`gossip.native.sweep`) does it row by row; elsewhere the rows go in cache-sized chunks,
-    each updated and then read from cache by every edge's product."""
+    rank) or ``Mᵀ v̂_k`` (side 1, rows × rank). The rows go in cache-sized chunks, each updated and
+    then read from cache by every edge's product."""
     if vectors is None or messages is None:
         vectors = messages = matrix.new_empty(0, 0, 1)
-    if matrix.dtype == torch.float32 and native.usable(matrix):
-        native.sweep(matrix, update, side, vectors, messages)
-        return
     step = max(1, SWEEP_FLOATS // matrix.shape[1])
     if side == 1:
         messages.zero_()
@@ -231,18 +210,8 @@ class Neighbourhood:
         self.weights = torch.tensor(weights, dtype=torch.float32, device=device)
         self.signs = torch.tensor([edge.sign for edge in edges], dtype=torch.float32, device=device).view(-1, 1)
         self._blocks = (plan.blocks(0), plan.blocks(1))  # the layout of each side, fixed for the run
-        self._places = tuple(rank_one_places(blocks) for blocks in self._blocks)
-        # The matrices of rank-1 fp32 CPU groups are swept by one C call per round (their table, one
-        # entry per matrix: member m's blocks follow its group's offsets m blocks on); the other
-        # groups one by one.
-        swept = [g for g, (group, rank) in enumerate(zip(matrices, plan.ranks))
-                 if rank == 1 and all(m.dtype == torch.float32 for m in group) and native.usable(*group)]
-        entries = [(matrix, (self._blocks[0][g][0] + m * matrix.shape[0], self._blocks[1][g][0] + m * matrix.shape[1]))
-                   for g in swept for m, matrix in enumerate(matrices[g])]
-        self._table = native.round_matrices([matrix for matrix, _ in entries], [places for _, places in entries])
-        self._each = [g for g in range(len(matrices)) if g not in swept]
         self._vectors: torch.Tensor | None = None  # the round's v̂ of every edge, one row per edge
-        self._normalized: list[torch.Tensor] = []  # its blocks per group (for self._each), degree × m × n × r
+        self._normalized: list[torch.Tensor] = []  # its blocks per group, degree × m × n × r
         self._prefetched: torch.Tensor | None = None
 
     @property
@@ -259,9 +228,7 @@ class Neighbourhood:
             out, self._prefetched = self._prefetched, None
             return out
         out = self._start_round(extra)
-        if self._table and self.edges:
-            native.sweep_round(self._table, len(self.edges), None, self.side, self._vectors, out)
-        for g in self._each:
+        for g in range(len(self.matrices)):
             self._project_group(g, self.matrices[g], out)
         return out
 
@@ -276,14 +243,11 @@ class Neighbourhood:
         difference = received[:, :floats] - sent[:, :floats]  # theirs − own: sgn · (p_hi − p_lo)
         scaled = difference * self.weights.view(-1, 1)
         advanced = difference * self.signs  # p_hi − p_lo, bitwise the same on both endpoints
-        vectors, normalized = self._vectors, self._normalized
+        normalized = self._normalized
         for edge, row in zip(self.edges, advanced):
             edge.advance(row)
         out = self._start_round(0) if prefetch else None
-        if self._table:
-            native.sweep_round(self._table, degree, (scaled, vectors) if side == 0 else (vectors, scaled), 1 - side,
-                               None if out is None else self._vectors, out)
-        for g in self._each:
+        for g in range(len(self.matrices)):
             group, (offset, members, length, rank) = self.matrices[g], self._blocks[side][g]
             factor = scaled[:, offset:offset + members * length * rank].reshape(degree, members, length, rank)
             vector = normalized[g]
@@ -307,10 +271,9 @@ class Neighbourhood:
         self._vectors, self._normalized = None, []
         if degree:
             blocks = self._blocks[1 - side]
-            self._vectors = orthonormalize_rows(torch.stack([edge.round_vector() for edge in self.edges]), blocks,
-                                                self._places[1 - side])
-            if self._each:  # per group: offset o, m members of n × r blocks
-                self._normalized = [self._vectors[:, o:o + m * n * r].view(degree, m, n, r) for o, m, n, r in blocks]
+            self._vectors = orthonormalize_rows(torch.stack([edge.round_vector() for edge in self.edges]), blocks)
+            # per group: offset o, m members of n × r blocks
+            self._normalized = [self._vectors[:, o:o + m * n * r].view(degree, m, n, r) for o, m, n, r in blocks]
         return out
 
     def _project_group(self, g: int, group: list[torch.Tensor], out: torch.Tensor | None,

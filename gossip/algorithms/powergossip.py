@@ -15,7 +15,6 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from gossip import native
 from gossip.algorithms.base import Algorithm
 from gossip.config import option
 from gossip.edge import EdgeCompressor, MatrixPlan, Neighbourhood
@@ -60,7 +59,6 @@ class PowerGossip(Algorithm):
                                 [self.topology.weight(w.id, j) for j in self.edges[w.id]], self.plan,
                                 self.network.device)
             for w in self.workers}
-        native.available()  # build the CPU kernels (once per machine) now, not within the first step
 
     @classmethod
     def bytes_per_step(cls, options: PowerGossipOptions, shapes: list[torch.Size], topology: Topology,
