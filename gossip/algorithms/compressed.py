@@ -21,7 +21,7 @@ import torch
 
 from gossip import compression
 from gossip.algorithms.base import Algorithm
-from gossip.config import option
+from gossip.registry import option
 from gossip.network import PendingRound
 from gossip.seeding import generator
 from topologies import Topology

@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from gossip.algorithms.compressed import CodecOptions, CompressedAlgorithm
-from gossip.config import option
+from gossip.registry import option
 from gossip.worker import Worker
 
 

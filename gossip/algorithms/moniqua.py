@@ -21,7 +21,7 @@ import torch
 
 from gossip import compression
 from gossip.algorithms.compressed import CompressedAlgorithm
-from gossip.config import option
+from gossip.registry import option
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from gossip.algorithms.base import Algorithm
-from gossip.config import option
+from gossip.registry import option
 from gossip.edge import EdgeCompressor, MatrixPlan, Neighbourhood
 from gossip.worker import Worker
 from topologies import Topology

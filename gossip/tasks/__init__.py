@@ -1,6 +1,6 @@
 """Tasks (model + data + loss + metric), registered by name."""
 
-from gossip.config import Registry
+from gossip.registry import Registry
 from gossip.tasks.base import DataError, DataStream, ShuffledBatches, Task, TaskPlan
 from gossip.tasks.language import LanguageModelOptions, LanguageModelTask
 from gossip.tasks.synthetic import SyntheticOptions, SyntheticTask
