@@ -18,7 +18,8 @@ from gossip.edge import orthonormalize
 from gossip.network import Network
 from gossip.worker import Worker
 
-from conftest import ROOT, read_metrics, run_cli, spawn
+from conftest import ROOT, read_metrics, run_cli
+from gossip.spawn import spawn
 
 
 def conv_net() -> nn.Module:
