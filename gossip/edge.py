@@ -17,9 +17,8 @@ A worker's edges are handled together by a :class:`Neighbourhood`: small matrice
 shape are projected together (one batched product per shape group and edge), every edge's
 projections of a round are written straight into one row of a send buffer (one message per
 neighbour), and the rank-``r`` updates from all neighbours are one product per shape group. A
-matrix of its own group (every large one) is swept (:func:`sweep`): updated and then projected for
-every edge for the next round in one pass over cache-sized row chunks, so that a round moves a
-large matrix through memory once instead of ``degree + 2`` times.
+matrix of its own group (every large one) is updated in place and projected for all edges with one
+product (:func:`update_and_project`).
 """
 
 from __future__ import annotations
@@ -165,33 +164,18 @@ class EdgeCompressor:
         self.generator.set_state(state["generator"].cpu())
 
 
-#: Floats of a matrix swept at a time (1 MiB): a chunk updated in place stays in cache while every
-#: edge's projection reads it, so a round reads a large matrix from memory once, not once per edge.
-SWEEP_FLOATS = 1 << 18
-
-
-def sweep(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None = None,
-          side: int = 0, vectors: torch.Tensor | None = None, messages: torch.Tensor | None = None) -> None:
-    """One pass over ``matrix``: add ``left @ right`` (``update``) in place, then project the updated
-    matrix for every edge ``k``: ``messages[k] = M v̂_k`` (``side`` 0, ``v̂_k = vectors[k]`` of cols ×
-    rank) or ``Mᵀ v̂_k`` (side 1, rows × rank). The rows go in cache-sized chunks, each updated and
-    then read from cache by every edge's product."""
-    if vectors is None or messages is None:
-        vectors = messages = matrix.new_empty(0, 0, 1)
-    step = max(1, SWEEP_FLOATS // matrix.shape[1])
-    if side == 1:
-        messages.zero_()
-    chunks = matrix.split(step)
-    lefts = update[0].split(step) if update is not None else [None] * len(chunks)
-    row_parts = [(message if side == 0 else vector).split(step) for vector, message in zip(vectors, messages)]
-    for index, (chunk, left) in enumerate(zip(chunks, lefts)):
-        if left is not None:
-            chunk.addmm_(left, update[1])
-        for vector, message, parts in zip(vectors, messages, row_parts):
-            if side == 0:
-                torch.mm(chunk, vector, out=parts[index])
-            else:
-                message.addmm_(chunk.T, parts[index])
+def update_and_project(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       side: int = 0, vectors: torch.Tensor | None = None,
+                       messages: torch.Tensor | None = None) -> None:
+    """Add ``left @ right`` (``update``) to ``matrix`` in place, then project the updated matrix for
+    every edge ``k``: ``messages[k] = M v̂_k`` (``side`` 0, ``v̂_k = vectors[k]`` of cols × rank) or
+    ``Mᵀ v̂_k`` (side 1, rows × rank). All edges' projections are one product with the vectors as
+    rows, the layout in which BLAS streams through the matrix once."""
+    if update is not None:
+        matrix.addmm_(*update)
+    if vectors is not None and messages is not None and len(vectors):
+        operator = matrix.T if side == 0 else matrix
+        messages.copy_(torch.matmul(vectors.transpose(1, 2), operator).transpose(1, 2))
 
 
 class Neighbourhood:
@@ -254,7 +238,7 @@ class Neighbourhood:
             rows, cols = (factor, vector) if side == 0 else (vector, factor)
             left = rows.permute(1, 2, 0, 3).reshape(members, rows.shape[2], degree * rank)
             right = cols.permute(1, 0, 3, 2).reshape(members, degree * rank, cols.shape[2])
-            if len(group) == 1:  # in place, chunk by chunk, no temporary the size of M
+            if len(group) == 1:  # in place, no temporary the size of M
                 self._project_group(g, group, out, (left[0], right[0]))
             else:
                 torch._foreach_add_(group, list(torch.bmm(left, right).unbind(0)))
@@ -279,7 +263,7 @@ class Neighbourhood:
     def _project_group(self, g: int, group: list[torch.Tensor], out: torch.Tensor | None,
                        update: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Group ``g``'s messages of the round into ``out`` (if any), after applying ``update`` to a
-        single matrix in the same sweep."""
+        single matrix first."""
         side, degree = self.side, len(self.edges)
         offset, members, length, rank = self._blocks[side][g]
         messages = normalized = None
@@ -287,8 +271,8 @@ class Neighbourhood:
             messages = out[:, offset:offset + members * length * rank].view(degree, members, length, rank)
             normalized = self._normalized[g]
         if len(group) == 1:
-            sweep(group[0], update, side, None if normalized is None else normalized[:, 0],
-                  None if messages is None else messages[:, 0])
+            update_and_project(group[0], update, side, None if normalized is None else normalized[:, 0],
+                               None if messages is None else messages[:, 0])
             return
         operator = stacked(group) if side == 0 else stacked(group).transpose(1, 2)
         if messages is not None:
