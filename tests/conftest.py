@@ -1,4 +1,5 @@
-"""Shared helpers: running the CLI in a subprocess with a timeout, and reading metrics."""
+"""Shared helpers: running the CLI in a subprocess with a timeout, and reading metrics (tests that
+need several processes use :func:`gossip.spawn.spawn`)."""
 
 from __future__ import annotations
 
@@ -30,55 +31,3 @@ def read_metrics(run_dir: Path) -> list[dict]:
 @pytest.fixture
 def root() -> Path:
     return ROOT
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(fn, rank: int, world_size: int, port: int, queue, args) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
-    try:
-        dist.init_process_group("gloo", rank=rank, world_size=world_size)
-        queue.put((rank, fn(rank, world_size, *args)))
-    except BaseException as exc:  # reported to the parent, which fails the test
-        queue.put((rank, exc))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def spawn(fn, world_size: int, *args, timeout: float = 120) -> list:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` gloo processes; return their results
-    by rank. Fails (never hangs) after ``timeout`` seconds."""
-    import multiprocessing as mp
-    import queue as queue_module
-
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, results, args)) for r in range(world_size)]
-    for p in procs:
-        p.start()
-    out = {}
-    try:
-        for _ in procs:
-            rank, value = results.get(timeout=timeout)
-            if isinstance(value, BaseException):
-                raise AssertionError(f"rank {rank} failed: {value!r}") from value
-            out[rank] = value
-    except queue_module.Empty:
-        raise AssertionError(f"multi-process test timed out after {timeout} s") from None
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    return [out[r] for r in range(world_size)]

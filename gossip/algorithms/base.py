@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from gossip.config import option
+from gossip.registry import option
 from gossip.network import Network, PendingRound
 from gossip.worker import Worker
 from topologies import Schedule, StaticSchedule, Topology

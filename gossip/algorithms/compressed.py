@@ -19,9 +19,9 @@ from typing import Any, Literal, Optional, Sequence
 
 import torch
 
-from gossip import compression, native
+from gossip import compression
 from gossip.algorithms.base import Algorithm, GossipAlgorithm, GossipOptions
-from gossip.config import option
+from gossip.registry import option
 from gossip.network import PendingRound
 from gossip.seeding import generator
 from topologies import Topology
@@ -50,7 +50,6 @@ class PackedCodec:
         self.wire_ranges = list(zip([0] + wire_ends[:-1], wire_ends))
         self.numel = value_ends[-1]
         self.wire_bytes = wire_ends[-1]
-        native.available()  # build the CPU kernels (once per machine) now, not within the first step
 
     def encode(self, flat: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """The wire buffer (1-D uint8, ``wire_bytes`` long) of the flat fp32 vector ``flat``."""

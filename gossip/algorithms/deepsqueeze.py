@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from gossip.algorithms.compressed import CodecOptions, CompressedAlgorithm, PendingMessages
-from gossip.config import option
+from gossip.registry import option
 from gossip.worker import Worker
 from topologies import Topology
 

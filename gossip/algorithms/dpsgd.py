@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from gossip.algorithms.base import GossipAlgorithm, GossipOptions
-from gossip.config import option
+from gossip.registry import option
 from gossip.network import PendingRound
 from topologies import Topology
 

@@ -9,7 +9,7 @@ from typing import Callable, Literal
 import torch
 
 from gossip.algorithms.base import Algorithm
-from gossip.config import option
+from gossip.registry import option
 from topologies import Topology
 
 

@@ -22,7 +22,7 @@ import torch
 from gossip import compression
 from gossip.algorithms.base import GossipOptions
 from gossip.algorithms.compressed import CompressedAlgorithm, PendingMessages
-from gossip.config import option
+from gossip.registry import option
 from topologies import Topology
 
 

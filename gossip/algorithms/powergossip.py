@@ -17,9 +17,8 @@ from typing import Any, Literal
 
 import torch
 
-from gossip import native
 from gossip.algorithms.base import GossipAlgorithm, GossipOptions
-from gossip.config import option
+from gossip.registry import option
 from gossip.edge import EdgeCompressor, MatrixPlan, Neighbourhood
 from gossip.worker import Worker
 from topologies import Topology
@@ -57,7 +56,6 @@ class PowerGossip(GossipAlgorithm):
                                 [self.topology.weight(w.id, j) for j in self.edges[w.id]], self.plan,
                                 self.network.device)
             for w in self.workers}
-        native.available()  # build the CPU kernels (once per machine) now, not within the first step
 
     @classmethod
     def bytes_per_step(cls, options: PowerGossipOptions, shapes: list[torch.Size], topology: Topology,
