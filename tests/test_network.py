@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from gossip.network import Network, NetworkError
-
 from gossip.spawn import spawn
 
 

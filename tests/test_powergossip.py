@@ -15,10 +15,10 @@ from gossip.algorithms.powergossip import PowerGossipOptions
 from gossip.config import OptimizerConfig
 from gossip.edge import orthonormalize
 from gossip.network import Network
+from gossip.spawn import spawn
 from gossip.worker import Worker
 
 from conftest import ROOT, read_metrics, run_cli
-from gossip.spawn import spawn
 
 
 def conv_net() -> nn.Module:

@@ -15,9 +15,10 @@ import torch
 
 from gossip import checkpoint
 from gossip.algorithms import ALGORITHMS
+from gossip.spawn import free_port
 from gossip.train import main
 
-from conftest import ROOT, free_port, read_metrics, run_cli
+from conftest import ROOT, read_metrics, run_cli
 
 CONFIG = str(ROOT / "configs/logistic.yaml")
 BASE = ["--set", "workers=4", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10",
