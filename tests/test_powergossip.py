@@ -299,3 +299,93 @@ def test_an_edge_state_saved_as_per_group_blocks_loads_to_the_same_vector():
     edge.load_state_dict({"vectors": [v.clone() for v in edge.vectors], "side": edge.side,
                           "generator": edge.generator.get_state()})
     assert torch.equal(edge.vector, expected) and len(edge.vectors) == len(algorithm.plan.groups)
+
+
+def mixed_net() -> nn.Module:
+    """Matrices of distinct shapes (a conv kernel viewed 6 × 27, 10 × 24, 7 × 10), two of one shape
+    (7 × 7, a shape group of two), and 1-D tensors (biases, a norm's scale and shift)."""
+    return nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(24, 10), nn.Linear(10, 7, bias=False), nn.Linear(7, 7), nn.Linear(7, 7))
+
+
+def initial_vectors(edge, matrices: list[tuple[int, torch.Size]], rank: int) -> dict[int, torch.Tensor]:
+    """The shared starting vectors of every matrix (by parameter index), read from the edge's flat
+    buffer in its documented layout (MatrixPlan.blocks): shapes ``(rows, cols)`` in increasing order,
+    matrices of one shape in parameter order, each a ``cols × rank`` block (the right side first)."""
+    flat, out, offset = edge.vector, {}, 0
+    for k, shape in sorted(matrices, key=lambda item: (item[1][0], item[1].numel() // item[1][0], item[0])):
+        cols = shape.numel() // shape[0]
+        r = min(rank, shape[0], cols)
+        out[k] = flat[offset:offset + cols * r].reshape(cols, r).clone()
+        offset += cols * r
+    assert offset == flat.numel()
+    return out
+
+
+def reference_powergossip(params: dict[int, list[torch.Tensor]], topology, vectors: dict, iterations: int,
+                          steps: int) -> dict[int, list[torch.Tensor]]:
+    """PowerGossip with warm start and no gradient, from ALGORITHMS.md alone: per step, 1-D tensors
+    mixed once as in D-PSGD, then ``iterations`` rounds on every matrix ``M = x.reshape(rows, -1)``;
+    in a round every edge {lo < hi} projects the pre-round difference ``Δ = M_hi − M_lo`` on
+    ``Q = qr(v).Q`` (right side: d = Δ Q, update d Qᵀ; left side: d = Δᵀ Q, update Q dᵀ), adds
+    ``+w·update`` to lo and ``−w·update`` to hi, and keeps ``v ← d``; the side flips every round.
+    Computed in float64."""
+    x = {i: [p.double().clone() for p in ps] for i, ps in params.items()}
+    v = {edge: {k: t.double().clone() for k, t in per.items()} for edge, per in vectors.items()}
+    edges = sorted(v)
+    side = 0
+    for _ in range(steps):
+        for k in range(len(x[0])):
+            if x[0][k].dim() == 1:
+                old = {i: x[i][k].clone() for i in x}
+                for i in x:
+                    x[i][k] = old[i] + sum(topology.weight(i, j) * (old[j] - old[i]) for j in topology.neighbors(i))
+        for _ in range(iterations):
+            updates = {i: [torch.zeros_like(p) for p in x[i]] for i in x}
+            for lo, hi in edges:
+                w = topology.weight(lo, hi)
+                for k, vk in v[(lo, hi)].items():
+                    rows = x[lo][k].shape[0]
+                    delta = (x[hi][k] - x[lo][k]).reshape(rows, -1)
+                    q = torch.linalg.qr(vk).Q
+                    if side == 0:
+                        d = delta @ q
+                        update = d @ q.T
+                    else:
+                        d = delta.T @ q
+                        update = q @ d.T
+                    updates[lo][k] += w * update.reshape(x[lo][k].shape)
+                    updates[hi][k] -= w * update.reshape(x[hi][k].shape)
+                    v[(lo, hi)][k] = d
+            for i in x:
+                x[i] = [p + u for p, u in zip(x[i], updates[i])]
+            side = 1 - side
+    return x
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_steps_equal_a_reference_built_from_qr_and_the_lower_id_sign(rank):
+    """Three steps of two rounds (both sides, warm start) on a star (unequal degrees) and a model
+    with 1-D tensors, a conv kernel and a shape group of two, against :func:`reference_powergossip`,
+    which shares no code with the algorithm (no orthonormalize, edge.sign or plan)."""
+    torch.manual_seed(0)
+    topology = topologies.star(4)
+    workers = make_workers(mixed_net(), range(4))
+    algorithm = PowerGossip(topology, Network(4), workers, options=PowerGossipOptions(iterations=2, rank=rank))
+    shapes = [p.shape for p in workers[0].model.parameters()]
+    matrices = [(k, s) for k, s in enumerate(shapes) if len(s) >= 2]
+    assert any(len(s) == 1 for s in shapes) and len(matrices) == 5
+    vectors = {}
+    for i in range(4):
+        for j in topology.neighbors(i):
+            if i < j:
+                assert algorithm.edges[i][j].side == 0  # a fresh edge starts on the right side
+                vectors[(i, j)] = initial_vectors(algorithm.edges[i][j], matrices, rank)
+    params = {w.id: [p.detach().clone() for p in w.model.parameters()] for w in workers}
+    expected = reference_powergossip(params, topology, vectors, iterations=2, steps=3)
+    for t in range(3):
+        algorithm.step(t, 0.1, no_gradient)
+    for w in workers:
+        for got, want in zip(w.model.parameters(), expected[w.id]):
+            # float32 against float64 over 6 rounds of products of size-~3 entries: ~1e-6 relative
+            torch.testing.assert_close(got.detach().double(), want, rtol=1e-4, atol=1e-5)
