@@ -55,8 +55,9 @@ def learning_rate(base_lr: float, schedule: ScheduleConfig, epoch: float) -> flo
     """The LR at (fractional) ``epoch``: linear warm-up from ``base_lr`` to ``base_lr * warmup_factor``
     over ``warmup_epochs``, then multiplied by ``decay`` at each milestone passed.
 
-    >>> learning_rate(0.1, ScheduleConfig(warmup_epochs=5, warmup_factor=11.0, milestones=[150]), 2.5)
-    0.6
+    >>> schedule = ScheduleConfig(warmup_epochs=5, warmup_factor=11.0, milestones=[150, 225], decay=0.1)
+    >>> [round(learning_rate(0.1, schedule, epoch), 6) for epoch in (0, 2.5, 5, 149.9, 150, 224.9, 225)]
+    [0.1, 0.6, 1.1, 1.1, 0.11, 0.11, 0.011]
     """
     peak = base_lr * schedule.warmup_factor
     if epoch < schedule.warmup_epochs:
