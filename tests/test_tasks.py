@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from gossip import checkpoint
 from gossip.tasks import DataError
 from gossip.tasks.language import LanguageModelOptions, LanguageModelTask, SequenceStream
 from gossip.tasks.models import LSTMLanguageModel, ResNet20
@@ -212,3 +213,54 @@ def test_offline_language_model_resumes_exactly(tmp_path):
     assert [r["step"] for r in whole] == [r["step"] for r in half]
     for a, b in zip(whole, half):
         assert (a["train_loss"], a["eval_loss"]) == (b["train_loss"], b["eval_loss"])
+
+
+def resnet_args(data_dir, run_dir, steps: int) -> list[str]:
+    """ResNet-20 with the paper's config on 2 workers and 40 fake images: batches of 4 give
+    40 // 2 / 4 = 5 steps per epoch, so 10 steps cross an epoch boundary (a reshuffle)."""
+    return ["--config", str(ROOT / "configs/ring8_resnet20.yaml"), "--run-dir", str(run_dir),
+            "--set", "workers=2", "--set", f"task.data_dir={data_dir}", "--set", "train.epochs=null",
+            "--set", f"train.steps={steps}", "--set", "train.batch_size=4", "--set", "train.eval_every=2",
+            "--set", "train.checkpoint_every=2", "--no-progress"]
+
+
+def test_resnet20_trains_and_resumes_exactly_on_fake_cifar(tmp_path):
+    """BatchNorm buffers (local per worker), augmentation generators and the per-epoch reshuffle are
+    all part of a step: 10 steps whole equal 6 steps then a resume to 10, bit for bit."""
+    data = write_cifar(tmp_path / "cifar-10-batches-py", per_batch=8)
+    assert main(resnet_args(data, tmp_path / "whole", 10)) == 0
+    assert main(resnet_args(data, tmp_path / "half", 6)) == 0  # stops inside the second epoch
+    assert main(["--resume", str(tmp_path / "half"), "--set", "train.steps=10", "--no-progress"]) == 0
+    whole, half = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "half")
+    assert [r["step"] for r in whole] == [r["step"] for r in half] == [2, 4, 6, 8, 10]
+    for a, b in zip(whole, half):
+        assert {k: v for k, v in a.items() if not k.startswith("time_")} == \
+               {k: v for k, v in b.items() if not k.startswith("time_")}
+    states = {}
+    for name in ("whole", "half"):
+        directory = checkpoint.find_latest(tmp_path / name)
+        assert checkpoint.manifest_step(directory) == 10
+        states[name] = [checkpoint.load_worker(directory, w, torch.device("cpu")) for w in range(2)]
+    for a, b in zip(states["whole"], states["half"]):
+        flat_a, flat_b = flatten_state(a), flatten_state(b)
+        assert flat_a.keys() == flat_b.keys()
+        assert all(torch.equal(flat_a[k], flat_b[k]) for k in flat_a), [k for k in flat_a if not torch.equal(flat_a[k], flat_b[k])]
+    means = [v for k, v in flatten_state(states["whole"][0]).items() if k.endswith("running_mean")]
+    assert means and any(m.abs().sum() > 0 for m in means)  # the BatchNorm statistics did move
+    other = {k: v for k, v in flatten_state(states["whole"][1]).items() if k.endswith("running_mean")}
+    assert any(not torch.equal(m, other[k]) for k, m in flatten_state(states["whole"][0]).items()
+               if k.endswith("running_mean"))  # and stay local: the two workers' differ
+
+
+def flatten_state(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a nested checkpoint dictionary by its dotted path."""
+    out = {}
+    if isinstance(state, dict):
+        for key, value in state.items():
+            out.update(flatten_state(value, f"{prefix}{key}."))
+    elif isinstance(state, (list, tuple)):
+        for index, value in enumerate(state):
+            out.update(flatten_state(value, f"{prefix}{index}."))
+    elif isinstance(state, torch.Tensor):
+        out[prefix.rstrip(".")] = state
+    return out
