@@ -23,7 +23,7 @@ import torch.distributed as dist
 from gossip import checkpoint
 from gossip import config as config_module
 from gossip.config import Config, ConfigError
-from gossip.distributed import LOSS_LINGER_S, Placement, join, leave
+from gossip.distributed import Placement, join, leave, loss_linger_s
 from gossip.network import Network, NetworkError, PeerLostError
 from gossip.algorithms import ALGORITHMS
 from gossip.tasks import TASKS, DataError
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        leave(placement, linger_s=LOSS_LINGER_S if code == 3 else 0.0)  # 3: a lost peer or a non-finite value
+        leave(placement, linger_s=loss_linger_s() if code == 3 else 0.0)  # 3: a lost peer or a non-finite value
 
 
 def run(args: argparse.Namespace, config: Config, placement: Placement) -> int:

@@ -41,6 +41,9 @@ def root() -> Path:
 
 
 def free_port() -> int:
+    """A port that was free a moment ago. Another process may take it before the job binds it:
+    :func:`spawn` avoids the race altogether, and the CLI tests that start jobs by hand retry on
+    :func:`port_taken`."""
     import socket
 
     with socket.socket() as s:
@@ -48,13 +51,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(fn, rank: int, world_size: int, port: int, queue, args) -> None:
+def port_taken(stderr: str) -> bool:
+    """Whether a process failed because its store's port was taken meanwhile."""
+    return "EADDRINUSE" in stderr or "address already in use" in stderr.lower()
+
+
+def _entry(fn, rank: int, world_size: int, ports, queue, args) -> None:
+    import datetime
+
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1")
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+        # Rank 0 binds a port the system chooses (port 0) and hands it to the others: no window in
+        # which another process can take it.
+        timeout = datetime.timedelta(seconds=60)
+        if rank == 0:
+            store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=timeout,
+                                  wait_for_workers=False)
+            for _ in range(world_size - 1):
+                ports.put(store.port)
+        else:
+            store = dist.TCPStore("127.0.0.1", ports.get(timeout=60), world_size, is_master=False, timeout=timeout)
+        os.environ["MASTER_PORT"] = str(store.port)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timeout)
         queue.put((rank, fn(rank, world_size, *args)))
     except BaseException as exc:  # reported to the parent, which fails the test
         queue.put((rank, exc))
@@ -70,9 +91,8 @@ def spawn(fn, world_size: int, *args, timeout: float = 120) -> list:
     import queue as queue_module
 
     ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, results, args)) for r in range(world_size)]
+    results, ports = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, ports, results, args)) for r in range(world_size)]
     for p in procs:
         p.start()
     out = {}

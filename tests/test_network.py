@@ -79,3 +79,31 @@ def test_placement_errors():
         network.start({(3, 0): torch.zeros(1)}, {})
     with pytest.raises(NetworkError, match="1-D"):
         network.start({(0, 1): torch.zeros(2, 2)}, {})
+
+
+def test_the_lost_process_is_the_one_whose_heartbeat_stopped_however_late_the_others_beat():
+    """Rank 1 beats once, 12 intervals after the question (a busy process; the old window was 4
+    intervals), rank 2 never: only rank 2 is lost, and a later question reads the same verdict."""
+    import threading
+
+    import torch.distributed as dist
+
+    from gossip.distributed import Heartbeat
+
+    store = dist.HashStore()
+    heartbeat = Heartbeat(store, 0, interval=0.05)
+    late = threading.Timer(12 * 0.05, lambda: store.add("gossip/heartbeat/1", 1))
+    late.start()
+    try:
+        assert heartbeat.lost([1, 2]) == [2]
+        assert heartbeat.lost([1]) == [2]  # the recorded verdict, not a new one
+    finally:
+        late.cancel()
+        heartbeat.stop()
+    fresh = dist.HashStore()
+    alive = [Heartbeat(fresh, r, interval=0.05) for r in range(3)]
+    try:
+        assert alive[0].lost([1, 2]) == []  # everyone beats: no verdict, and no full window's wait
+    finally:
+        for h in alive:
+            h.stop()
