@@ -20,6 +20,13 @@ import torch  # noqa: E402  (after the variable, for the processes that import i
 
 torch.set_num_threads(1)
 
+# Property-based tests draw new examples on every run here; under CI (CI set, as CI services do)
+# they are derandomized, so that a failure there is reproduced by running the suite again.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+_hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "default")
+
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 240, torchrun: int | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m gossip.train ARGS`` (or under ``torchrun --standalone``) and capture output."""
