@@ -57,7 +57,9 @@ def test_gamma_override_and_the_same_numbers_under_torchrun(tmp_path):
     args = ["--data", "random", "--steps", "30", "--workers", "4", "--algorithms", "powergossip,choco-sign@0.3"]
     single, double = study(tmp_path, *args), study(tmp_path, *args, torchrun=2)
     assert set(single) == {"powergossip", "choco-sign@0.3"}
+    assert set(double) == set(single)
     for label in single:
+        assert [r["step"] for r in single[label]] == [r["step"] for r in double[label]] == list(range(31))
         for a, b in zip(single[label], double[label]):
             assert b["bytes_per_worker"] == a["bytes_per_worker"]
             assert b["error"] == pytest.approx(a["error"], rel=1e-5)

@@ -19,6 +19,8 @@ from gossip.edge import orthonormalize
 from gossip.network import Network
 from gossip.worker import Worker
 
+from gossip.train import main
+
 from conftest import ROOT, read_metrics, run_cli, spawn
 
 
@@ -280,10 +282,14 @@ def test_placement_does_not_change_training(tmp_path):
     args = ["--config", str(ROOT / "configs/logistic.yaml"), "--set", "workers=4", "--set", "train.steps=40",
             "--set", "train.eval_every=10", "--set", "algorithm.name=powergossip",
             "--set", "algorithm.iterations=2", "--no-progress"]
-    one = run_cli(args + ["--run-dir", str(tmp_path / "one")], cwd=tmp_path)
-    four = run_cli(args + ["--run-dir", str(tmp_path / "four")], cwd=tmp_path, torchrun=4, timeout=180)
-    assert one.returncode == 0 and four.returncode == 0, one.stderr + four.stderr
-    for a, b in zip(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "four")):
+    assert main(args + ["--run-dir", str(tmp_path / "one")]) == 0
+    two = run_cli(args + ["--run-dir", str(tmp_path / "two")], cwd=tmp_path, torchrun=2, timeout=180)
+    assert two.returncode == 0, two.stderr
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [10, 20, 30, 40]
+    for a, b in zip(one, two):
+        # the edges' arithmetic is the same bit for bit (test above); the mean over workers is
+        # summed per process first: float32 reordering, ~1e-7 relative per addition
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         assert b["bytes_per_worker"] == a["bytes_per_worker"]
 
