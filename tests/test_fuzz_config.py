@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -103,8 +104,13 @@ MUTATIONS = [
 def in_temporary_directory():
     """Run inside a fresh directory: the run directory is resolved against the working directory,
     so that is where a dry run must not have written anything."""
-    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
-        yield Path(tmp)
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            yield Path(tmp)
+        finally:
+            os.chdir(previous)
 
 
 def dry_run(document: dict | str, capsys, sets: list[str] = ()) -> tuple[int, str, str]:
