@@ -63,7 +63,17 @@ def port_taken(stderr: str) -> bool:
     return "EADDRINUSE" in stderr or "address already in use" in stderr.lower()
 
 
+_JOB_STORE = None
+
+
+def job_store():
+    """In a process that :func:`spawn` started: the job's store, for a function that starts process
+    groups of its own after the first one is gone (``dist.PrefixStore(name, job_store())``)."""
+    return _JOB_STORE
+
+
 def _entry(fn, rank: int, world_size: int, ports, queue, args) -> None:
+    global _JOB_STORE
     import datetime
 
     import torch.distributed as dist
@@ -81,6 +91,7 @@ def _entry(fn, rank: int, world_size: int, ports, queue, args) -> None:
                 ports.put(store.port)
         else:
             store = dist.TCPStore("127.0.0.1", ports.get(timeout=60), world_size, is_master=False, timeout=timeout)
+        _JOB_STORE = store
         os.environ["MASTER_PORT"] = str(store.port)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timeout)
         queue.put((rank, fn(rank, world_size, *args)))
