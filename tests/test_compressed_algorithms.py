@@ -22,7 +22,7 @@ from gossip.network import Network
 from gossip.trainer import Trainer
 from gossip.worker import Worker
 
-from conftest import read_metrics, run_cli
+from conftest import read_metrics, spawn
 
 # (algorithm, options) pairs covering every codec; names as in a config's algorithm section.
 VARIANTS = {
@@ -295,20 +295,57 @@ def test_without_gossip_the_training_target_is_missed(dpsgd_loss):
     assert history[-1]["local_eval_loss_mean"] > 1.2 * dpsgd_loss
 
 
-@pytest.mark.parametrize("algorithm", [
-    {"name": "choco", "codec": "randomk", "fraction": 0.25, "rescale": True, "gamma": 0.2},
-    {"name": "deepsqueeze", "codec": "qsgd", "levels": 2, "gamma": 0.1},
-    {"name": "moniqua", "theta": 0.5, "bits": 2, "gamma": 0.1},
-], ids=lambda a: a["name"])
-def test_two_processes_give_the_numbers_of_one(algorithm, tmp_path):
+TWO_PROCESS_VARIANTS = {
+    "choco": {"name": "choco", "codec": "randomk", "fraction": 0.25, "rescale": True, "gamma": 0.2},
+    "deepsqueeze": {"name": "deepsqueeze", "codec": "qsgd", "levels": 2, "gamma": 0.1},
+    "moniqua": {"name": "moniqua", "theta": 0.5, "bits": 2, "gamma": 0.1},
+}
+
+
+def two_process_config(algorithm: dict) -> dict:
     raw = config_module.apply_overrides(CONVEX, ["workers=4", "task.name=logistic", "task.hidden=8"])
     raw["algorithm"] = algorithm
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
-    result = run_cli(["--config", "run.yaml", "--set", "train.steps=30", "--run-dir", "two", "--no-progress"],
-                     cwd=tmp_path, torchrun=2, timeout=180)
-    assert result.returncode == 0, result.stderr
-    two = read_metrics(tmp_path / "two")
-    one = train(raw, 30, algorithm)
+    return raw
+
+
+def _every_variant_in_two_processes(rank: int, world_size: int, root: str) -> dict[str, int]:
+    """In each of 2 processes (2 workers each), ``main()`` for 30 steps of every variant, each in a
+    process group of its own on the job's store."""
+    import datetime
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from conftest import job_store
+    from gossip.train import main
+
+    codes = {}
+    for k, (label, algorithm) in enumerate(TWO_PROCESS_VARIANTS.items()):
+        if not dist.is_initialized():  # main() closed the previous one
+            dist.init_process_group("gloo", store=dist.PrefixStore(f"variant-{k}/", job_store()), rank=rank,
+                                    world_size=world_size, timeout=datetime.timedelta(seconds=120))
+        path = Path(root) / f"{label}.yaml"
+        if rank == 0:
+            path.write_text(yaml.safe_dump(two_process_config(algorithm)))
+        dist.barrier()
+        codes[label] = main(["--config", str(path), "--set", "train.steps=30", "--run-dir", str(Path(root) / label),
+                             "--no-progress"])
+    return codes
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("two-processes")
+    for codes in spawn(_every_variant_in_two_processes, 2, str(root), timeout=600):
+        assert codes == {label: 0 for label in TWO_PROCESS_VARIANTS}, codes
+    return root
+
+
+@pytest.mark.parametrize("label", TWO_PROCESS_VARIANTS)
+def test_two_processes_give_the_numbers_of_one(label, two_process_runs):
+    algorithm = TWO_PROCESS_VARIANTS[label]
+    two = read_metrics(two_process_runs / label)
+    one = train(two_process_config(algorithm), 30, algorithm)
     assert [r["step"] for r in two] == [r["step"] for r in one] == [10, 20, 30]
     for a, b in zip(one, two):
         # the same float32 operations per worker; sums over workers per process first (~1e-7 each);
