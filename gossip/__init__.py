@@ -7,7 +7,9 @@ training loop: build a :class:`Network`, one :class:`Worker` per model, an algor
 """
 
 from gossip.algorithms import ALGORITHMS, DPSGD, Algorithm, AllReduce
-from gossip.config import Config, ConfigError, OptimizerConfig
+from gossip.config import Config
+from gossip.optim import OptimizerConfig
+from gossip.registry import ConfigError
 from gossip.config import load as load_config
 from gossip.network import Network
 from gossip.tasks import TASKS, Task

@@ -19,14 +19,9 @@ Wire conventions:
 Randomised codecs draw from a caller-supplied ``torch.Generator`` (seeded by
 the caller, e.g. from ``(seed, sender, step)``); random numbers are drawn on the
 generator's device and moved to the tensor's device, so encode and decode see
-identical draws from identically seeded generators.  Stochastic rounding draws
-one seed per message and derives each element's noise from it with a counter-
-based hash (splitmix64), so that chunks, threads and the C kernels agree.
+identical draws from identically seeded generators.
 
-All work is vectorised torch and runs on whatever device the input lives on.  On the CPU,
-:mod:`gossip.native` replaces the multi-pass quantise-and-pack, QSGD's norm, the table decode,
-top-k's selection and sparse decode, and random-k's index set with C kernels when a C compiler is
-present; both paths produce the same bytes.
+All work is vectorised torch and runs unchanged on whatever device the input lives on.
 """
 
 from __future__ import annotations
@@ -39,8 +34,6 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Callable, ClassVar
 
 import torch
-
-from gossip import native
 
 __all__ = [
     "CODECS",
@@ -139,16 +132,16 @@ _CHUNK = 2**18
 
 
 def _encode_chunks(
-    flat: torch.Tensor, bits: int, out: torch.Tensor, fill: Callable[[torch.Tensor, torch.Tensor, int], None]
+    flat: torch.Tensor, bits: int, out: torch.Tensor, fill: Callable[[torch.Tensor, torch.Tensor], None]
 ) -> None:
-    """Pack the codes of ``flat`` into ``out`` chunk by chunk; ``fill(chunk, codes, start)`` writes
-    the uint8 codes of ``flat[start:start + len(chunk)]`` into ``codes``.  Chunks start on whole
+    """Pack the codes of ``flat`` into ``out`` chunk by chunk, in order; ``fill(chunk, codes)``
+    writes the uint8 codes of the chunk ``flat[start:start + len(chunk)]`` into ``codes``.  Chunks start on whole
     bytes of ``out``."""
     d = flat.numel()
     for start in range(0, d, _CHUNK):
         count = min(_CHUNK, d - start)
         codes = _code_buffer(count, flat.device)
-        fill(flat[start : start + count], codes[:count], start)
+        fill(flat[start : start + count], codes[:count])
         first = start * bits // 8
         _pack_into(codes, bits, count, out[first : first + _packed_bytes(count, bits)])
 
@@ -232,9 +225,6 @@ def _decode_codes(
     """``out[i] = base[c] * scale / divisor`` (in that order, fp32) for the codes ``c`` packed in
     ``wire``: after the wire's leading fp32 ``scale`` when ``scaled``, else with ``scale`` 1.  One
     table lookup per byte when ``bits`` divides 8, else unpack first and look up per code."""
-    if native.usable(wire, out):
-        native.lookup_decode(wire, bits, base, scaled, divisor, out)
-        return
     if scaled:
         base, wire = base * _from_bytes(wire[:4], torch.float32), wire[4:]
     values = base / divisor
@@ -302,60 +292,24 @@ def _from_bytes(wire: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 #: Stochastic rounding works in fixed point with this many steps per unit.
 _ROUNDING_STEPS = 2**16
 
-#: splitmix64's increment and multipliers, as signed int64 (torch has no uint64 arithmetic).
-_GOLDEN, _MIX1, _MIX2 = (c - 2**64 for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
-
-
-def _draw_seed(generator: torch.Generator) -> torch.Tensor:
-    """One int64 draw in [0, 2^63) from ``generator`` (0-dim, on its device): the seed of one
-    message's counter-based randomness (rounding noise, random-k's indices)."""
-    return torch.empty((), dtype=torch.int64, device=generator.device).random_(generator=generator)
-
-
-def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical right shift of int64 ``z`` (torch's ``>>`` is arithmetic)."""
-    return (z >> bits) & ((1 << (64 - bits)) - 1)
-
-
-def _splitmix64(seed: torch.Tensor, first: int, count: int, device: torch.device) -> torch.Tensor:
-    """splitmix64's outputs for counters ``[first, first + count)`` under ``seed``, as int64.
-
-    Counter-based, so any stretch of the stream needs no draws before it, and the C kernels
-    (``gossip/native/codecs.c``) compute the same words.  Wrapping int64 arithmetic is two's
-    complement, as the uint64 of the reference.
-    """
-    z = torch.arange(first + 1, first + count + 1, dtype=torch.int64, device=device)
-    z = z.mul_(_GOLDEN).add_(seed.to(device))
-    z = (z ^ _shift_right(z, 30)).mul_(_MIX1)
-    z = (z ^ _shift_right(z, 27)).mul_(_MIX2)
-    return z ^ _shift_right(z, 31)
-
-
-def _rounding_noise(seed: torch.Tensor, first: int, count: int, device: torch.device) -> torch.Tensor:
-    """The int16 noise of elements ``[first, first + count)`` (``first`` a multiple of 4): element
-    ``i`` takes the signed 16-bit lane ``i % 4`` of splitmix64 word ``i // 4``."""
-    return _splitmix64(seed, first // 4, (count + 3) // 4, device).view(torch.int16)[:count]
-
-
-def _index_draws(seed: torch.Tensor, first: int, count: int, d: int, device: torch.device) -> torch.Tensor:
-    """Draws ``[first, first + count)`` of i.i.d. uniform indices below ``d``: ``floor(u * d)`` for
-    ``u`` the top 53 bits of splitmix64 word j as a double in [0, 1) (capped at d - 1 against the
-    rounding of ``u * d``)."""
-    top = _shift_right(_splitmix64(seed, first, count, device), 11).to(torch.float64)
-    return top.mul_(2.0**-53).mul_(d).floor_().to(torch.int64).clamp_(max=d - 1)
+def _rounding_noise(generator: torch.Generator, count: int, device: torch.device) -> torch.Tensor:
+    """``count`` uniform int32 draws in ``[0, 2^16)`` from ``generator``, on ``device``: the noise
+    that stochastic rounding adds to values in fixed point."""
+    noise = torch.randint(0, _ROUNDING_STEPS, (count,), generator=generator, dtype=torch.int32,
+                          device=generator.device)
+    return noise.to(device)
 
 
 def _stochastic_round_into(fixed: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:
     """``out`` (uint8) := each value of ``fixed / 2**16`` rounded down, or up with probability
-    equal to its fractional part at 2^-16 resolution, given uniform int16 ``noise``.
+    equal to its fractional part at 2^-16 resolution, given uniform int32 ``noise`` in [0, 2^16).
 
     ``fixed`` holds values already multiplied by ``_ROUNDING_STEPS``, in [0, 256 * 2^16).  Adding a
     uniform integer in [0, 2^16) and dropping the low 16 bits rounds up with probability
     floor(frac * 2^16) / 2^16: biased by less than 2^-16 of a level, and exact on integers.
     """
     steps = fixed.to(torch.int32)  # truncation is floor: values are non-negative
-    steps.add_(noise.to(torch.int32))
-    steps.add_(_ROUNDING_STEPS // 2)
+    steps.add_(noise)
     out.copy_(steps.view(torch.uint8)[2::4])  # bits 16..23 (little-endian): the rounded value
 
 
@@ -417,8 +371,7 @@ def _topk_entries(flat: torch.Tensor, k: int, indices_out: torch.Tensor | None =
 
     For large inputs with small k, a threshold no larger than the k-th largest magnitude is
     estimated from a sample (:func:`_topk_sample`), and the selection runs only on the entries not
-    below it, found chunk by chunk (or by the C kernels) so that no |x| of the whole tensor is
-    allocated.  Too few candidates means the estimate was too high: the selection runs on all
+    below it, found chunk by chunk so that no |x| of the whole tensor is allocated.  Too few candidates means the estimate was too high: the selection runs on all
     entries.  The sample only decides how much work the selection does, never what it selects.
     """
     d = flat.numel()
@@ -434,19 +387,14 @@ def _topk_entries(flat: torch.Tensor, k: int, indices_out: torch.Tensor | None =
         samples = d // period * _TOPK_RUN + min(_TOPK_RUN, d % period)
         expected = k * samples / d
         rank = min(samples, math.ceil(expected + 4 * math.sqrt(expected) + 4))
-        if native.usable(flat, indices_out, values_out):
-            threshold = native.sample_threshold(flat, period, _TOPK_RUN, rank)
-            if native.topk_select(flat, threshold, k, 2 * d * rank // samples + 1024, indices_out, values_out):
-                return indices_out, values_out
-        else:
-            sample = _topk_sample(flat, period, _TOPK_RUN)
-            threshold = int(torch.topk(_magnitude_keys(sample), rank, sorted=False).values.min())
-            candidates = torch.cat([
-                torch.ge(_magnitude_keys(flat[start : start + _CHUNK]), threshold).nonzero().squeeze(1) + start
-                for start in range(0, d, _CHUNK)
-            ])
-            if candidates.numel() >= k:
-                indices = candidates[_largest_k(_magnitude_keys(torch.index_select(flat, 0, candidates)), k)]
+        sample = _topk_sample(flat, period, _TOPK_RUN)
+        threshold = int(torch.topk(_magnitude_keys(sample), rank, sorted=False).values.min())
+        candidates = torch.cat([
+            torch.ge(_magnitude_keys(flat[start : start + _CHUNK]), threshold).nonzero().squeeze(1) + start
+            for start in range(0, d, _CHUNK)
+        ])
+        if candidates.numel() >= k:
+            indices = candidates[_largest_k(_magnitude_keys(torch.index_select(flat, 0, candidates)), k)]
     if indices is None:
         indices = _largest_k(_magnitude_keys(flat), k)
     indices_out.copy_(indices)
@@ -454,19 +402,18 @@ def _topk_entries(flat: torch.Tensor, k: int, indices_out: torch.Tensor | None =
     return indices_out, values_out
 
 
-def _distinct_draws(d: int, k: int, seed: torch.Tensor) -> torch.Tensor:
-    """``k <= d`` distinct indices below ``d``, ascending, uniformly at random, in O(k log k).
+def _distinct_draws(d: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``k <= d`` distinct indices below ``d``, ascending, uniformly at random, in O(k log k), on
+    the generator's device.
 
-    Takes the distinct ones of the i.i.d. draws of ``_index_draws``, each round drawing exactly as
-    many as are missing, so the result is the set of the first k distinct values of an i.i.d.
-    stream: a uniform k-subset.  (``native.randomk_bitmap`` finds the same set as a bitmap.)
+    Takes the distinct ones of i.i.d. uniform draws from ``generator``, each round drawing exactly
+    as many as are missing, so the result is the set of the first k distinct values of an i.i.d.
+    stream: a uniform k-subset.
     """
-    drawn = 0
-    chosen = torch.empty(0, dtype=torch.int64, device=seed.device)
+    chosen = torch.empty(0, dtype=torch.int64, device=generator.device)
     while chosen.numel() < k:
-        missing = k - chosen.numel()
-        chosen = torch.unique(torch.cat([chosen, _index_draws(seed, drawn, missing, d, seed.device)]))
-        drawn += missing
+        draws = torch.randint(0, d, (k - chosen.numel(),), generator=generator, device=generator.device)
+        chosen = torch.unique(torch.cat([chosen, draws]))
     return chosen
 
 
@@ -629,8 +576,7 @@ class TopK(Sparsifier):
         k = self.k_for(out.numel())
         values = _from_bytes(wire[: 4 * k], torch.float32)
         indices = _from_bytes(wire[4 * k :], torch.int32)
-        if not (native.usable(values, indices, out) and native.sparse_scatter(indices, values, out)):
-            out.zero_().scatter_(0, indices.long(), values)
+        out.zero_().scatter_(0, indices.long(), values)
 
 
 @dataclass(frozen=True, repr=False)
@@ -640,8 +586,7 @@ class RandomK(Sparsifier):
     Wire: the k fp32 values only (4k bytes), in the order of the indices, which
     the receiver rebuilds from an identically seeded generator passed to
     ``decode``.  The indices are a uniform k-subset: for k <= d/4 the distinct
-    values of i.i.d. counter-based draws under one seed taken from the generator,
-    ascending (see ``_distinct_draws``, O(k log k)); otherwise the first k of
+    values of i.i.d. draws from the generator, ascending (see ``_distinct_draws``, O(k log k)); otherwise the first k of
     ``torch.randperm(d)`` (O(d)), drawn on the generator's device.  With
     ``rescale`` decode multiplies by d/k, making the estimate unbiased.
     """
@@ -658,26 +603,15 @@ class RandomK(Sparsifier):
     def wire_bytes(self, numel: int) -> int:
         return 4 * self.k_for(numel)
 
-    def _chosen(self, d: int, generator: torch.Generator, bitmap: bool) -> torch.Tensor:
-        """The chosen indices of a message of ``d`` entries, on the generator's device; with
-        ``bitmap`` (the C kernels, k <= d/4 only) the same set as ``native.randomk_bitmap``'s bitmap."""
+    def _chosen(self, d: int, generator: torch.Generator) -> torch.Tensor:
+        """The chosen indices of a message of ``d`` entries, on the generator's device."""
         k = self.k_for(d)
         if 4 * k > d:
             return torch.randperm(d, generator=generator, device=generator.device)[:k]
-        seed = _draw_seed(generator)
-        return native.randomk_bitmap(d, k, int(seed)) if bitmap else _distinct_draws(d, k, seed)
-
-    def _fused(self, d: int, *tensors: torch.Tensor) -> bool:
-        """Whether the C kernels gather or scatter through the index bitmap."""
-        return 4 * self.k_for(d) <= d and native.usable(*tensors)
+        return _distinct_draws(d, k, generator)
 
     def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        d = flat.numel()
-        if self._fused(d, flat):
-            values = torch.empty(self.k_for(d))
-            native.bitmap_gather(self._chosen(d, generator, bitmap=True), flat, values)
-        else:
-            values = torch.index_select(flat, 0, self._chosen(d, generator, bitmap=False).to(flat.device))
+        values = torch.index_select(flat, 0, self._chosen(flat.numel(), generator).to(flat.device))
         out.copy_(_as_bytes(values))
 
     def _decode(self, wire: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
@@ -685,10 +619,7 @@ class RandomK(Sparsifier):
         values = _from_bytes(wire, torch.float32)
         if self.rescale:
             values = values * (d / self.k_for(d))
-        if self._fused(d, values, out):
-            native.bitmap_scatter(self._chosen(d, generator, bitmap=True), values, out)
-        else:
-            out.zero_().scatter_(0, self._chosen(d, generator, bitmap=False).to(out.device), values)
+        out.zero_().scatter_(0, self._chosen(d, generator).to(out.device), values)
 
 
 @dataclass(frozen=True, repr=False)
@@ -706,13 +637,10 @@ class SignNorm(Codec):
         return 4 + _packed_bytes(numel, 1)
 
     def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        # ||x||_1 accumulates in float64 on both paths: the same scale, up to the order of a double sum
-        if native.usable(flat, out):
-            native.quantize_pack(flat, native.SIGN, 1, 0, 0, out)
-            return
+        # ||x||_1 accumulates in float64
         norms = []
 
-        def fill(chunk: torch.Tensor, codes: torch.Tensor, start: int) -> None:
+        def fill(chunk: torch.Tensor, codes: torch.Tensor) -> None:
             norms.append(chunk.abs().sum(dtype=torch.float64))
             torch.ge(chunk, 0, out=codes.view(torch.bool))
 
@@ -756,10 +684,7 @@ class QSGD(Codec):
         return 4 + _packed_bytes(numel, self.bits)
 
     def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        # ||x||_2 from a float64 sum of squares on both paths (the same up to the order of a double sum)
-        if native.usable(flat, out):
-            native.quantize_pack(flat, native.QSGD, self.bits, self.levels, int(_draw_seed(generator)), out)
-            return
+        # ||x||_2 from a float64 sum of squares
         top = self.levels * _ROUNDING_STEPS
         chunks = (flat[start : start + _CHUNK] for start in range(0, flat.numel(), _CHUNK))
         squares = sum(chunk.to(torch.float64).square_().sum() for chunk in chunks)
@@ -767,11 +692,10 @@ class QSGD(Codec):
         out[:4].copy_(_as_bytes(norm.reshape(1)))
         # 2^16 s / norm; 0 for a zero norm (x == 0: levels 0); finite even for a subnormal norm
         factor = torch.where(norm > 0, top / norm, 0.0).clamp_(max=torch.finfo(torch.float32).max)
-        seed = _draw_seed(generator)
 
-        def fill(chunk: torch.Tensor, codes: torch.Tensor, start: int) -> None:
+        def fill(chunk: torch.Tensor, codes: torch.Tensor) -> None:
             fixed = chunk.abs().mul_(factor).clamp_(max=top)
-            _stochastic_round_into(fixed, _rounding_noise(seed, start, chunk.numel(), chunk.device), codes)
+            _stochastic_round_into(fixed, _rounding_noise(generator, chunk.numel(), chunk.device), codes)
             codes.mul_(2).add_(torch.lt(chunk, 0))
 
         _encode_chunks(flat, self.bits, out[4:], fill)
@@ -812,16 +736,12 @@ class Moniqua(Codec):
         return _packed_bytes(numel, self.bits)
 
     def _encode(self, flat: torch.Tensor, generator: _OptGen, out: torch.Tensor) -> None:
-        seed = _draw_seed(generator)
-        if native.usable(flat, out):
-            native.quantize_pack(flat, native.MONIQUA, self.bits, 0, int(seed), out)
-            return
         # 2^16 (x*n + n/2), exactly: scaling by a power of two commutes with rounding
         scale, offset = (2**self.bits - 1) * _ROUNDING_STEPS, (2**self.bits - 1) * _ROUNDING_STEPS // 2
 
-        def fill(chunk: torch.Tensor, codes: torch.Tensor, start: int) -> None:
+        def fill(chunk: torch.Tensor, codes: torch.Tensor) -> None:
             fixed = chunk.clamp(-0.5, 0.5).mul_(scale).add_(offset)
-            _stochastic_round_into(fixed, _rounding_noise(seed, start, chunk.numel(), chunk.device), codes)
+            _stochastic_round_into(fixed, _rounding_noise(generator, chunk.numel(), chunk.device), codes)
 
         _encode_chunks(flat, self.bits, out, fill)
 

@@ -10,7 +10,6 @@ names the key path and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import types
 import typing
@@ -20,46 +19,20 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
 
 import yaml
 
+from gossip.algorithms import ALGORITHMS
+from gossip.optim import LRScheduleConfig, OptimizerConfig
+from gossip.registry import ConfigError, Registry, option, suggest
+from gossip.tasks import TASKS
+
 if TYPE_CHECKING:
     import topologies
 
+__all__ = ["Config", "ConfigError", "LRScheduleConfig", "OptimizerConfig", "RunDirConfig", "TopologyConfig",
+           "TrainConfig", "apply_overrides", "dump", "fields_reference", "from_dict", "load", "reference_markdown",
+           "to_dict"]
 
-class ConfigError(ValueError):
-    """A config problem, reported as one line naming the key and what is allowed.
-
-    Line breaks that reach the message from user text are escaped, so it always stays one line."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
-
-
-def option(default: Any = dataclasses.MISSING, help: str = "", **bounds: float) -> Any:
-    """A dataclass field with a help text and numeric bounds (``gt``, ``ge``, ``lt``, ``le``)."""
-    metadata = {"help": help, "bounds": bounds}
-    if isinstance(default, (list, dict)):
-        value = default
-        return field(default_factory=lambda: type(value)(value), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-@dataclass
-class Registry:
-    """Maps a name to the options dataclass (and the implementation) of an algorithm or a task."""
-
-    kind: str
-    entries: dict[str, tuple[type, Any]] = field(default_factory=dict)
-
-    def register(self, name: str, options: type, implementation: Any) -> None:
-        self.entries[name] = (options, implementation)
-
-    def options(self, name: str, path: str) -> type:
-        if name not in self.entries:
-            raise ConfigError(f"{path}: unknown {self.kind} {name!r}{_suggest(name, self.entries)}; "
-                              f"allowed: {', '.join(sorted(self.entries))}")
-        return self.entries[name][0]
-
-    def implementation(self, name: str) -> Any:
-        return self.entries[name][1]
+#: The registries whose entries a config section names (``algorithm.name``, ``task.name``).
+REGISTRIES: dict[str, Registry] = {"algorithm": ALGORITHMS, "task": TASKS}
 
 
 def registry_section(registry_name: str, default_name: str, help: str = "") -> Any:
@@ -68,15 +41,8 @@ def registry_section(registry_name: str, default_name: str, help: str = "") -> A
     return field(default_factory=lambda: _default_of(registry_name, default_name), metadata=metadata)
 
 
-def _registries() -> dict[str, Registry]:
-    from gossip.algorithms import ALGORITHMS
-    from gossip.tasks import TASKS
-
-    return {"algorithm": ALGORITHMS, "task": TASKS}
-
-
 def _default_of(registry_name: str, name: str) -> Any:
-    return _registries()[registry_name].options(name, registry_name)()
+    return REGISTRIES[registry_name].options(name, registry_name)()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,28 +71,6 @@ class TopologyConfig:
         if self.name in ("expander", "erdos_renyi"):
             params.setdefault("seed", run_seed)
         return topologies.build_schedule(self.name, workers, weights=self.weights, **params)
-
-
-@dataclass
-class OptimizerConfig:
-    """The local optimizer of every worker: SGD with momentum; momentum buffers stay local."""
-
-    lr: float = option(0.1, help="base learning rate", gt=0)
-    momentum: float = option(0.0, help="heavy-ball (or Nesterov) momentum", ge=0, lt=1)
-    nesterov: bool = option(False, help="Nesterov momentum instead of heavy-ball")
-    weight_decay: float = option(0.0, help="L2 weight decay on tensors with >1 dimension", ge=0)
-    weight_decay_1d: bool = option(False, help="also decay 1-D tensors (biases, norm scales)")
-    clip_norm: Optional[float] = option(None, help="clip each worker's gradient norm to this", gt=0)
-
-
-@dataclass
-class ScheduleConfig:
-    """Learning-rate schedule in epochs: linear warm-up from lr to lr*warmup_factor, step decays."""
-
-    warmup_epochs: float = option(0.0, help="length of the linear warm-up", ge=0)
-    warmup_factor: float = option(1.0, help="the LR after warm-up is lr * warmup_factor", gt=0)
-    milestones: list[float] = option([], help="epochs at which the LR is multiplied by decay")
-    decay: float = option(0.1, help="multiplier at each milestone", gt=0)
 
 
 @dataclass
@@ -160,11 +104,16 @@ class Config:
     algorithm: Any = registry_section("algorithm", "dpsgd", help="the decentralized algorithm")
     task: Any = registry_section("task", "logistic", help="model, data, loss and metric")
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunDirConfig = field(default_factory=RunDirConfig)
     backend: Literal["auto", "gloo", "nccl"] = option(
         "auto", help="torch.distributed backend: gloo on CPU, nccl with one GPU per process")
+
+    @property
+    def lr_schedule(self) -> LRScheduleConfig:
+        """The learning-rate schedule (the YAML key is ``schedule``)."""
+        return self.schedule
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,8 +137,13 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with each ``a.b.c=value`` set (value parsed as YAML)."""
+    """Return a copy of ``raw`` with each ``a.b.c=value`` set (value parsed as YAML).
+
+    A run's length is one of ``train.steps`` and ``train.epochs``: setting one drops the other,
+    unless ``raw`` itself sets both (that stays an error)."""
     result = _deep_copy(raw)
+    train = raw.get("train")
+    both_in_raw = isinstance(train, Mapping) and all(train.get(k) is not None for k in _LENGTH_KEYS.values())
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -208,7 +162,13 @@ def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, A
                 raise ConfigError(f"--set {key.strip()!r}: {'.'.join(parts[: i + 1])} is not a section")
             node = child
         node[parts[-1]] = value
+        other = _LENGTH_KEYS.get(key.strip())
+        if other is not None and value is not None and not both_in_raw:
+            node.pop(other, None)
     return result
+
+
+_LENGTH_KEYS = {"train.steps": "epochs", "train.epochs": "steps"}  # each key: the one it replaces
 
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
@@ -237,7 +197,7 @@ def fields_reference() -> list[tuple[str, str, str, str]]:
             path = f"{prefix}{f.name}"
             registry = f.metadata.get("registry")
             if registry:
-                for name, (options, _) in sorted(_registries()[registry].entries.items()):
+                for name, (options, _) in sorted(REGISTRIES[registry].entries.items()):
                     walk(options, f"{path}[{name}].")
             elif dataclasses.is_dataclass(hints[f.name]):
                 walk(hints[f.name], f"{path}.")
@@ -280,7 +240,7 @@ def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
-            raise ConfigError(f"{path}{_show_key(key)}: unknown key{_suggest(str(key), known)}; "
+            raise ConfigError(f"{path}{_show_key(key)}: unknown key{suggest(str(key), known)}; "
                               f"allowed in {where}: {', '.join(known)}")
     values = {}
     for name, f in known.items():
@@ -299,7 +259,7 @@ def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
 
 
 def _parse_registry_section(registry_name: str, default_name: str, raw: Any, path: str) -> Any:
-    registry = _registries()[registry_name]
+    registry = REGISTRIES[registry_name]
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -319,7 +279,7 @@ def _parse_value(hint: Any, value: Any, path: str) -> Any:
         return _parse_value(inner, value, path)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{path}: {value!r} is not allowed{_suggest(str(value), args)}; "
+            raise ConfigError(f"{path}: {value!r} is not allowed{suggest(str(value), args)}; "
                               f"allowed: {', '.join(map(str, args))}")
         return value
     if origin is list:
@@ -369,9 +329,11 @@ def _check_combinations(config: Config) -> None:
     if (train.steps is None) == (train.epochs is None):
         raise ConfigError("train: set exactly one of train.steps and train.epochs")
     try:
-        config.topology.build(config.workers, config.seed)
+        schedule = config.topology.build(config.workers, config.seed)
     except ValueError as exc:
         raise ConfigError(f"topology: {_one_line(exc)} (workers = {config.workers})") from None
+    implementation = REGISTRIES["algorithm"].implementation(config.algorithm.name)
+    _reraise_with_path(lambda _: implementation.check_topology(schedule, config.algorithm.name), config, "algorithm")
     check = getattr(config.algorithm, "check", None)
     if check is not None:
         _reraise_with_path(check, config, "algorithm")
@@ -385,11 +347,6 @@ def _reraise_with_path(check: Any, config: Config, section: str) -> None:
         check(config)
     except ValueError as exc:
         raise ConfigError(f"{section}.{_one_line(exc)}") from None
-
-
-def _suggest(word: str, candidates: Any) -> str:
-    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _show_key(key: Any) -> str:

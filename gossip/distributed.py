@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from gossip.config import ConfigError
+from gossip.registry import ConfigError
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,8 @@ A worker's edges are handled together by a :class:`Neighbourhood`: small matrice
 shape are projected together (one batched product per shape group and edge), every edge's
 projections of a round are written straight into one row of a send buffer (one message per
 neighbour), and the rank-``r`` updates from all neighbours are one product per shape group. A
-matrix of its own group (every large one) is swept (:func:`sweep`): updated and then projected for
-every edge for the next round in one pass, row by row by a C kernel on the CPU, else in
-cache-sized row chunks, so that a round moves a large matrix through memory once instead of
-``degree + 2`` times. On the CPU at rank 1, one C call sweeps every matrix of a worker, those of
-the shape groups included (each at its place in the group's blocks), and one more normalises the
-round's vectors: a round then costs a few torch ops per worker rather than per matrix or group.
+matrix of its own group (every large one) is updated in place and projected for all edges with one
+product (:func:`update_and_project`).
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ from typing import Any
 
 import torch
 
-from gossip import native
 from gossip.seeding import generator
 
 
@@ -105,23 +100,10 @@ def orthonormalize(v: torch.Tensor) -> torch.Tensor:
 Blocks = list[tuple[int, int, int, int]]
 
 
-def rank_one_places(blocks: Blocks) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Where each member's vector sits in a row laid out by ``blocks`` (:meth:`MatrixPlan.blocks`):
-    int64 offsets and lengths, for :func:`gossip.native.normalize`; None when a block has rank > 1."""
-    if any(rank != 1 for *_, rank in blocks):
-        return None
-    places = torch.tensor([(offset + m * length, length) for offset, members, length, _ in blocks
-                           for m in range(members)], dtype=torch.long).view(-1, 2)
-    return places[:, 0].contiguous(), places[:, 1].contiguous()
-
-
-def orthonormalize_rows(vectors: torch.Tensor, blocks: Blocks,
-                        places: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def orthonormalize_rows(vectors: torch.Tensor, blocks: Blocks) -> torch.Tensor:
     """A new tensor with every member's block of every row of ``vectors`` (edges × floats, laid out
-    by ``blocks``) orthonormalised as by :func:`orthonormalize`: for rank 1 on the CPU (``places``
-    from :func:`rank_one_places`), all in one C call instead of a few torch ops per block."""
-    if places is not None and vectors.dtype == torch.float32 and native.usable(vectors):
-        return native.normalize(vectors, *places)
+    by ``blocks``, :meth:`MatrixPlan.blocks`) orthonormalised as by :func:`orthonormalize`, one
+    batched call per shape group."""
     out, degree = torch.empty_like(vectors), vectors.shape[0]
     for offset, members, length, rank in blocks:
         end = offset + members * length * rank
@@ -182,37 +164,18 @@ class EdgeCompressor:
         self.generator.set_state(state["generator"].cpu())
 
 
-#: Floats of a matrix swept at a time (1 MiB): a chunk updated in place stays in cache while every
-#: edge's projection reads it, so a round reads a large matrix from memory once, not once per edge.
-SWEEP_FLOATS = 1 << 18
-
-
-def sweep(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None = None,
-          side: int = 0, vectors: torch.Tensor | None = None, messages: torch.Tensor | None = None) -> None:
-    """One pass over ``matrix``: add ``left @ right`` (``update``) in place, then project the updated
-    matrix for every edge ``k``: ``messages[k] = M v̂_k`` (``side`` 0, ``v̂_k = vectors[k]`` of cols ×
-    rank) or ``Mᵀ v̂_k`` (side 1, rows × rank). On contiguous fp32 CPU tensors one fused kernel
-    (:func:`gossip.native.sweep`) does it row by row; elsewhere the rows go in cache-sized chunks,
-    each updated and then read from cache by every edge's product."""
-    if vectors is None or messages is None:
-        vectors = messages = matrix.new_empty(0, 0, 1)
-    if matrix.dtype == torch.float32 and native.usable(matrix):
-        native.sweep(matrix, update, side, vectors, messages)
-        return
-    step = max(1, SWEEP_FLOATS // matrix.shape[1])
-    if side == 1:
-        messages.zero_()
-    chunks = matrix.split(step)
-    lefts = update[0].split(step) if update is not None else [None] * len(chunks)
-    row_parts = [(message if side == 0 else vector).split(step) for vector, message in zip(vectors, messages)]
-    for index, (chunk, left) in enumerate(zip(chunks, lefts)):
-        if left is not None:
-            chunk.addmm_(left, update[1])
-        for vector, message, parts in zip(vectors, messages, row_parts):
-            if side == 0:
-                torch.mm(chunk, vector, out=parts[index])
-            else:
-                message.addmm_(chunk.T, parts[index])
+def update_and_project(matrix: torch.Tensor, update: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       side: int = 0, vectors: torch.Tensor | None = None,
+                       messages: torch.Tensor | None = None) -> None:
+    """Add ``left @ right`` (``update``) to ``matrix`` in place, then project the updated matrix for
+    every edge ``k``: ``messages[k] = M v̂_k`` (``side`` 0, ``v̂_k = vectors[k]`` of cols × rank) or
+    ``Mᵀ v̂_k`` (side 1, rows × rank). All edges' projections are one product with the vectors as
+    rows, the layout in which BLAS streams through the matrix once."""
+    if update is not None:
+        matrix.addmm_(*update)
+    if vectors is not None and messages is not None and len(vectors):
+        operator = matrix.T if side == 0 else matrix
+        messages.copy_(torch.matmul(vectors.transpose(1, 2), operator).transpose(1, 2))
 
 
 class Neighbourhood:
@@ -231,18 +194,8 @@ class Neighbourhood:
         self.weights = torch.tensor(weights, dtype=torch.float32, device=device)
         self.signs = torch.tensor([edge.sign for edge in edges], dtype=torch.float32, device=device).view(-1, 1)
         self._blocks = (plan.blocks(0), plan.blocks(1))  # the layout of each side, fixed for the run
-        self._places = tuple(rank_one_places(blocks) for blocks in self._blocks)
-        # The matrices of rank-1 fp32 CPU groups are swept by one C call per round (their table, one
-        # entry per matrix: member m's blocks follow its group's offsets m blocks on); the other
-        # groups one by one.
-        swept = [g for g, (group, rank) in enumerate(zip(matrices, plan.ranks))
-                 if rank == 1 and all(m.dtype == torch.float32 for m in group) and native.usable(*group)]
-        entries = [(matrix, (self._blocks[0][g][0] + m * matrix.shape[0], self._blocks[1][g][0] + m * matrix.shape[1]))
-                   for g in swept for m, matrix in enumerate(matrices[g])]
-        self._table = native.round_matrices([matrix for matrix, _ in entries], [places for _, places in entries])
-        self._each = [g for g in range(len(matrices)) if g not in swept]
         self._vectors: torch.Tensor | None = None  # the round's v̂ of every edge, one row per edge
-        self._normalized: list[torch.Tensor] = []  # its blocks per group (for self._each), degree × m × n × r
+        self._normalized: list[torch.Tensor] = []  # its blocks per group, degree × m × n × r
         self._prefetched: torch.Tensor | None = None
 
     @property
@@ -259,9 +212,7 @@ class Neighbourhood:
             out, self._prefetched = self._prefetched, None
             return out
         out = self._start_round(extra)
-        if self._table and self.edges:
-            native.sweep_round(self._table, len(self.edges), None, self.side, self._vectors, out)
-        for g in self._each:
+        for g in range(len(self.matrices)):
             self._project_group(g, self.matrices[g], out)
         return out
 
@@ -276,21 +227,18 @@ class Neighbourhood:
         difference = received[:, :floats] - sent[:, :floats]  # theirs − own: sgn · (p_hi − p_lo)
         scaled = difference * self.weights.view(-1, 1)
         advanced = difference * self.signs  # p_hi − p_lo, bitwise the same on both endpoints
-        vectors, normalized = self._vectors, self._normalized
+        normalized = self._normalized
         for edge, row in zip(self.edges, advanced):
             edge.advance(row)
         out = self._start_round(0) if prefetch else None
-        if self._table:
-            native.sweep_round(self._table, degree, (scaled, vectors) if side == 0 else (vectors, scaled), 1 - side,
-                               None if out is None else self._vectors, out)
-        for g in self._each:
+        for g in range(len(self.matrices)):
             group, (offset, members, length, rank) = self.matrices[g], self._blocks[side][g]
             factor = scaled[:, offset:offset + members * length * rank].reshape(degree, members, length, rank)
             vector = normalized[g]
             rows, cols = (factor, vector) if side == 0 else (vector, factor)
             left = rows.permute(1, 2, 0, 3).reshape(members, rows.shape[2], degree * rank)
             right = cols.permute(1, 0, 3, 2).reshape(members, degree * rank, cols.shape[2])
-            if len(group) == 1:  # in place, chunk by chunk, no temporary the size of M
+            if len(group) == 1:  # in place, no temporary the size of M
                 self._project_group(g, group, out, (left[0], right[0]))
             else:
                 torch._foreach_add_(group, list(torch.bmm(left, right).unbind(0)))
@@ -307,16 +255,15 @@ class Neighbourhood:
         self._vectors, self._normalized = None, []
         if degree:
             blocks = self._blocks[1 - side]
-            self._vectors = orthonormalize_rows(torch.stack([edge.round_vector() for edge in self.edges]), blocks,
-                                                self._places[1 - side])
-            if self._each:  # per group: offset o, m members of n × r blocks
-                self._normalized = [self._vectors[:, o:o + m * n * r].view(degree, m, n, r) for o, m, n, r in blocks]
+            self._vectors = orthonormalize_rows(torch.stack([edge.round_vector() for edge in self.edges]), blocks)
+            # per group: offset o, m members of n × r blocks
+            self._normalized = [self._vectors[:, o:o + m * n * r].view(degree, m, n, r) for o, m, n, r in blocks]
         return out
 
     def _project_group(self, g: int, group: list[torch.Tensor], out: torch.Tensor | None,
                        update: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Group ``g``'s messages of the round into ``out`` (if any), after applying ``update`` to a
-        single matrix in the same sweep."""
+        single matrix first."""
         side, degree = self.side, len(self.edges)
         offset, members, length, rank = self._blocks[side][g]
         messages = normalized = None
@@ -324,8 +271,8 @@ class Neighbourhood:
             messages = out[:, offset:offset + members * length * rank].view(degree, members, length, rank)
             normalized = self._normalized[g]
         if len(group) == 1:
-            sweep(group[0], update, side, None if normalized is None else normalized[:, 0],
-                  None if messages is None else messages[:, 0])
+            update_and_project(group[0], update, side, None if normalized is None else normalized[:, 0],
+                               None if messages is None else messages[:, 0])
             return
         operator = stacked(group) if side == 0 else stacked(group).transpose(1, 2)
         if messages is not None:

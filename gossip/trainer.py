@@ -1,5 +1,5 @@
 """The training loop: every step the local workers draw their batches, the algorithm runs its
-gossip round(s) and gradient step, the learning rate follows the schedule; every ``eval_every``
+gossip round(s) and gradient step, the learning rate follows its schedule; every ``eval_every``
 steps the run is measured and logged to ``RUN_DIR/metrics.jsonl``; every ``checkpoint_every``
 steps, at the end and when asked to stop, every worker's complete state is saved."""
 
@@ -19,7 +19,7 @@ from gossip import checkpoint
 from gossip.algorithms import ALGORITHMS, Algorithm
 from gossip.config import Config
 from gossip.network import Network
-from gossip.optim import learning_rate
+from gossip.optim import lr_at
 from gossip.seeding import seed_for
 from gossip.tasks import TASKS, Task
 from gossip.worker import Worker
@@ -43,7 +43,7 @@ class Trainer:
         self.progress = progress and network.rank == 0
         self.task: Task = TASKS.implementation(config.task.name)(
             config.task, config.workers, config.seed, config.train.batch_size)
-        self.schedule = config.topology.build(config.workers, config.seed)
+        self.topology_schedule = config.topology.build(config.workers, config.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_for(config.seed, "init"))
             initial_model = self.task.build_model()
@@ -52,7 +52,7 @@ class Trainer:
         self.streams = {i: self.task.stream(i) for i in network.local_workers}
         self.eval_model = copy.deepcopy(initial_model).to(network.device)
         self.algorithm: Algorithm = ALGORITHMS.implementation(config.algorithm.name)(
-            self.schedule, network, self.workers, options=config.algorithm, seed=config.seed)
+            self.topology_schedule, network, self.workers, options=config.algorithm, seed=config.seed)
         self.steps_per_epoch = self.task.steps_per_epoch()
         train = config.train
         self.total_steps = train.steps if train.steps is not None else math.ceil(train.epochs * self.steps_per_epoch)
@@ -69,7 +69,9 @@ class Trainer:
     # --- one step -------------------------------------------------------------------------
 
     def compute_gradients(self) -> None:
-        """Forward and backward for every local worker on its next batch, at its current params."""
+        """Forward and backward for every local worker on its next batch, at its current params
+        (timed as compute, with the local optimizer steps; codec time is the rest of a step that
+        is not spent waiting for messages)."""
         start = time.perf_counter()
         for k, w in enumerate(self.workers):
             w.grads.zero_()
@@ -83,15 +85,18 @@ class Trainer:
 
     def train_step(self) -> None:
         lr = self.learning_rate()
-        start, compute0, comm0 = time.perf_counter(), self.time["compute"], self.network.comm_wait_s
+        start, compute0 = time.perf_counter(), self.time["compute"]
+        comm0, optimizer0 = self.network.comm_wait_s, self.algorithm.optimizer_s
         self.algorithm.step(self.step, lr, self.compute_gradients)
         comm = self.network.comm_wait_s - comm0
+        self.time["compute"] += self.algorithm.optimizer_s - optimizer0
         self.time["comm"] += comm
         self.time["codec"] += time.perf_counter() - start - (self.time["compute"] - compute0) - comm
         self.step += 1
 
     def learning_rate(self) -> float:
-        return learning_rate(self.config.optimizer.lr, self.config.schedule, self.step / self.steps_per_epoch)
+        """This step's learning rate, from the run's ``lr_schedule``."""
+        return lr_at(self.config.optimizer.lr, self.config.lr_schedule, self.step / self.steps_per_epoch)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -165,7 +170,7 @@ class Trainer:
         self.saved_step = self.step
 
     def measure(self, restart_window: bool = True) -> dict[str, Any]:
-        """Everything DESIGN.md lists for ``metrics.jsonl``, over all workers of the job.
+        """Everything that ``metrics.jsonl`` records (docs/concepts.md), over all workers of the job.
 
         ``train_loss`` averages the steps since the last record on the ``eval_every`` grid; a
         record off the grid (the last step of a run) leaves that window open, so a resumed run

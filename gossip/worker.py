@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gossip.config import OptimizerConfig
+from gossip.optim import OptimizerConfig
 from gossip.optim import LocalSGD
 from gossip.seeding import seed_for
 

@@ -8,7 +8,7 @@ decode writing into preallocated buffers through ``out=`` as the algorithms do; 
 ``copy / (encode + decode)`` is the codec's throughput as a fraction of copy throughput (1 = as fast
 as a copy). Every column is the median over the repetitions. Inputs are uniform in [−½, ½) (what
 Moniqua's quantiser expects; the other codecs do not care). Randomised codecs get a freshly seeded
-generator for each call, as the algorithms do. Issue 8's target: a ratio ≥ 0.5 from 1M elements up.
+generator for each call, as the algorithms do. The table marks whether a ratio reaches 0.5.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from bench_gossip import (cpu_description, format_table, parse_list, pick_device,  # scripts/ is on sys.path
+from bench_common import (cpu_description, format_table, parse_list, pick_device,  # scripts/ is on sys.path
                           synchronize, warn_if_busy)
 
 from gossip import compression

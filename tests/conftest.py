@@ -1,4 +1,5 @@
-"""Shared helpers: running the CLI in a subprocess with a timeout, and reading metrics."""
+"""Shared helpers: running the CLI in a subprocess with a timeout, and reading metrics (tests that
+need several processes use :func:`gossip.spawn.spawn`)."""
 
 from __future__ import annotations
 
@@ -47,84 +48,7 @@ def root() -> Path:
     return ROOT
 
 
-def free_port() -> int:
-    """A port that was free a moment ago. Another process may take it before the job binds it:
-    :func:`spawn` avoids the race altogether, and the CLI tests that start jobs by hand retry on
-    :func:`port_taken`."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def port_taken(stderr: str) -> bool:
-    """Whether a process failed because its store's port was taken meanwhile."""
+    """Whether a process failed because its store's port (from gossip.spawn.free_port) was taken
+    meanwhile: the CLI tests that start jobs by hand then start them again."""
     return "EADDRINUSE" in stderr or "address already in use" in stderr.lower()
-
-
-_JOB_STORE = None
-
-
-def job_store():
-    """In a process that :func:`spawn` started: the job's store, for a function that starts process
-    groups of its own after the first one is gone (``dist.PrefixStore(name, job_store())``)."""
-    return _JOB_STORE
-
-
-def _entry(fn, rank: int, world_size: int, ports, queue, args) -> None:
-    global _JOB_STORE
-    import datetime
-
-    import torch.distributed as dist
-
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1")
-    try:
-        # Rank 0 binds a port the system chooses (port 0) and hands it to the others: no window in
-        # which another process can take it.
-        timeout = datetime.timedelta(seconds=60)
-        if rank == 0:
-            store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=timeout,
-                                  wait_for_workers=False)
-            for _ in range(world_size - 1):
-                ports.put(store.port)
-        else:
-            store = dist.TCPStore("127.0.0.1", ports.get(timeout=60), world_size, is_master=False, timeout=timeout)
-        _JOB_STORE = store
-        os.environ["MASTER_PORT"] = str(store.port)
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timeout)
-        queue.put((rank, fn(rank, world_size, *args)))
-    except BaseException as exc:  # reported to the parent, which fails the test
-        queue.put((rank, exc))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def spawn(fn, world_size: int, *args, timeout: float = 120) -> list:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` gloo processes; return their results
-    by rank. Fails (never hangs) after ``timeout`` seconds."""
-    import multiprocessing as mp
-    import queue as queue_module
-
-    ctx = mp.get_context("spawn")
-    results, ports = ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, ports, results, args)) for r in range(world_size)]
-    for p in procs:
-        p.start()
-    out = {}
-    try:
-        for _ in procs:
-            rank, value = results.get(timeout=timeout)
-            if isinstance(value, BaseException):
-                raise AssertionError(f"rank {rank} failed: {value!r}") from value
-            out[rank] = value
-    except queue_module.Empty:
-        raise AssertionError(f"multi-process test timed out after {timeout} s") from None
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    return [out[r] for r in range(world_size)]

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT
 
 STEP_KEYS = {"model", "algorithm", "iterations", "workers", "processes", "step_s", "compute_s", "codec_s",
-             "comm_wait_s", "bytes_per_step", "ratio_to_local"}
+             "comm_wait_s", "bytes_per_step", "ratio_to_local", "codec_share", "repetitions"}
 CODEC_KEYS = {"codec", "elements", "copy_s", "encode_s", "decode_s", "ratio_to_copy", "wire_bytes"}
 
 
@@ -42,36 +42,57 @@ def assert_finite_non_negative(row: dict, keys: list[str]) -> None:
 
 
 def run_mlp_bench(tmp_path: Path, args: list[str]) -> tuple[str, list[dict]]:
-    """``bench_gossip.py`` on an MLP in one process, one repetition, one thread: its output and rows."""
+    """``bench_gossip.py`` on a small MLP in one process, one thread: its output and rows."""
     out = tmp_path / "steps.json"
-    output = run_script("bench_gossip.py", ["--models", "mlp", "--processes", "1", "--repeats", "1", "--threads", "1",
-                                            *args, "--json", str(out)])
+    output = run_script("bench_gossip.py", ["--models", "mlp", "--mlp", "32,16,4", "--mlp-batch", "8",
+                                            "--processes", "1", "--threads", "1", *args, "--json", str(out)])
     return output, json.loads(out.read_text())
 
 
-def test_step_benchmark_writes_rows(tmp_path: Path):
-    output, rows = run_mlp_bench(tmp_path, ["--mlp", "32,16,4", "--mlp-batch", "8", "--algorithms", "local,dpsgd",
-                                            "--warmup", "1", "--steps", "2", "--scale-to", "8"])
+def test_step_benchmark_writes_rows_from_the_trainers_time_split(tmp_path: Path):
+    output, rows = run_mlp_bench(tmp_path, ["--algorithms", "local,dpsgd", "--workers", "4,8",
+                                            "--warmup", "1", "--steps", "2", "--repeats", "2"])
     assert [(r["algorithm"], r["processes"], r["workers"]) for r in rows] == [
-        ("local", 1, 4), ("dpsgd", 1, 4), ("local", 1, 8), ("dpsgd", 1, 8)]  # then the scaling rows
+        ("local", 1, 4), ("dpsgd", 1, 4), ("local", 1, 8), ("dpsgd", 1, 8)]
     for row in rows:
         assert STEP_KEYS <= set(row)
         assert_finite_non_negative(row, ["iterations", "workers", "step_s", "compute_s", "comm_wait_s",
                                          "bytes_per_step", "ratio_to_local"])
-        assert math.isfinite(row["codec_s"])  # the rest of the step: a difference of timings
-        [repetition] = row["repetitions"]  # --repeats 1: the median is that repetition
-        assert all(repetition[key] == row[key] for key in ("step_s", "compute_s", "comm_wait_s", "comm_wait_least_s"))
-    assert rows[0]["bytes_per_step"] == 0 and rows[1]["bytes_per_step"] > 0
-    assert [r["run_workers"] for r in rows] == [4, 4, 8, 8] and rows[2]["ratio_to_local"] == 1  # own reference
+        assert math.isfinite(row["codec_s"]) and math.isfinite(row["codec_share"])
+        assert len(row["repetitions"]) == 2
+        for key in ("step_s", "compute_s", "codec_s", "comm_wait_s"):  # the median of two is their mean
+            assert row[key] == pytest.approx(sum(rep[key] for rep in row["repetitions"]) / 2)
+    # bytes are the network's count: D-PSGD sends the whole model (4 bytes per parameter) to 2 neighbours
+    parameters = 32 * 16 + 16 + 16 * 4 + 4
+    assert [r["bytes_per_step"] for r in rows] == [0, 2 * 4 * parameters, 0, 2 * 4 * parameters]
+    assert [r["iterations"] for r in rows] == [0, 1, 0, 1]
+    assert rows[0]["ratio_to_local"] == 1 and rows[2]["ratio_to_local"] == 1  # each n has its own reference
     assert any(line.startswith("|") and "dpsgd" in line for line in output.splitlines())  # the table
-    assert any("mlp dpsgd: step per worker at n=8 ≤ 1.1× n=4 (P=1)" in line for line in output.splitlines())
+    assert " cores" in output.splitlines()[-1]  # the machine the timings came from
+
+
+def test_two_processes_give_one_row_per_algorithm(tmp_path: Path):
+    out = tmp_path / "steps.json"
+    run_script("bench_gossip.py", ["--models", "mlp", "--mlp", "8,4", "--mlp-batch", "4", "--processes", "2",
+                                   "--workers", "2", "--algorithms", "powergossip-1", "--warmup", "0", "--steps", "1",
+                                   "--threads", "1", "--json", str(out)])
+    [row] = json.loads(out.read_text())
+    assert (row["algorithm"], row["processes"], row["workers"], row["iterations"]) == ("powergossip-1", 2, 2, 1)
+    assert row["ratio_to_local"] is None and row["codec_share"] is None  # local SGD was not measured
+    assert row["bytes_per_step"] > 0
 
 
 def test_unknown_algorithm_is_one_line_and_skipped(tmp_path: Path):
-    output, rows = run_mlp_bench(tmp_path, ["--mlp", "8,4", "--mlp-batch", "4", "--algorithms", "local,nosuch",
-                                            "--warmup", "0", "--steps", "1", "--scale-to", "0"])
+    output, rows = run_mlp_bench(tmp_path, ["--algorithms", "local,nosuch", "--warmup", "0", "--steps", "1"])
     assert [line for line in output.splitlines() if "nosuch" in line and "skipping" in line]
     assert [r["algorithm"] for r in rows] == ["local"]
+
+
+def test_unknown_model_stops_with_one_line():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gossip.py"), "--models", "lstm,nosuch"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--models: unknown nosuch" in proc.stderr.splitlines()[-1]
 
 
 def test_codec_benchmark_writes_rows(tmp_path: Path):
@@ -85,50 +106,16 @@ def test_codec_benchmark_writes_rows(tmp_path: Path):
         assert_finite_non_negative(row, ["elements", "copy_s", "encode_s", "decode_s", "ratio_to_copy", "wire_bytes"])
 
 
-def test_sweep_benchmark_writes_a_row(tmp_path: Path):
-    out = tmp_path / "sweep.json"
-    output = run_script("bench_sweep.py", ["--model", "mlp", "--mlp", "64,96,4", "--workers", "3", "--rounds", "2",
-                                           "--repeats", "2", "--json", str(out)])
-    [row] = json.loads(out.read_text())
-    assert {"model", "workers", "rounds", "kernel_s", "torch_s", "ratio", "kernel_available"} <= set(row)
-    assert (row["model"], row["workers"], row["rounds"]) == ("mlp", 3, 2)
-    assert_finite_non_negative(row, ["kernel_s", "torch_s", "ratio"])
-    assert any(line.startswith("|") and "mlp" in line for line in output.splitlines())  # the table
-    assert " cores" in output.splitlines()[-1]  # the machine the timings came from
-
-
-def load_bench_gossip(monkeypatch: pytest.MonkeyPatch):
-    spec = importlib.util.spec_from_file_location("bench_gossip", ROOT / "scripts" / "bench_gossip.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_gossip", bench)  # its dataclasses look their module up
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_targets_pair_the_repetitions_of_one_job(monkeypatch: pytest.MonkeyPatch):
-    bench = load_bench_gossip(monkeypatch)
-
-    def row(algorithm: str, workers: int, steps: list[float], computes: list[float]) -> dict:
-        repetitions = [{"step_s": step, "compute_s": compute, "codec_s": 0.0, "comm_wait_s": None,
-                        "comm_wait_least_s": None, "bytes_per_step": 0.0} for step, compute in zip(steps, computes)]
-        return {"model": "mlp", "algorithm": algorithm, "processes": 1, "run_workers": workers,
-                "workers_per_process": workers, "repetitions": repetitions}
-
-    # Per worker, PowerGossip's steps are 1, 3, 4 and DDP's 1, 4, 2 in the same repetitions: the ratios
-    # 1, 0.75, 2 have the median 1 (met), where the medians' ratio would be 3 / 2 (missed).
-    rows = [row("powergossip-1", 4, [4.0, 12.0, 16.0], [2.0, 6.0, 8.0]),
-            row("ddp-powersgd", 1, [1.0, 4.0, 2.0], [1.0, 2.0, 2.0])]
-    lines = {line[0]: line[1:] for line in bench.target_lines(rows)}
-    versus = "mlp P=1: PowerGossip s=1 step per worker ≤ DDP+powerSGD step"
-    assert lines[versus] == ["1.00×", "0.75×–2.00×", "met"]
-    # Over their own forward/backward: 2 / 1, 2 / 2, 2 / 1.
-    over_compute = "mlp P=1: the same, each step over its own forward/backward"
-    assert lines[over_compute] == ["2.00×", "1.00×–2.00×", "missed"]
-    assert lines["mlp powergossip-1: comm wait ≤ 5 % of the step (P=2)"] == ["—", "—", "pending"]
+def load_bench_common(monkeypatch: pytest.MonkeyPatch):
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "scripts" / "bench_common.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_common", module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_cpu_description_names_the_model_cores_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    bench = load_bench_gossip(monkeypatch)
+    bench = load_bench_common(monkeypatch)
     (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n\n"
                                       "processor\t: 1\nmodel name\t: Test CPU 9000\n")
     caches = [("1", "Data", "48K"), ("1", "Instruction", "32K"), ("2", "Unified", "1280K"), ("3", "Unified", "307200K")]

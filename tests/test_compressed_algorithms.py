@@ -22,7 +22,9 @@ from gossip.network import Network
 from gossip.trainer import Trainer
 from gossip.worker import Worker
 
-from conftest import read_metrics, spawn
+from gossip.spawn import spawn
+
+from conftest import read_metrics
 
 # (algorithm, options) pairs covering every codec; names as in a config's algorithm section.
 VARIANTS = {
@@ -316,7 +318,7 @@ def _every_variant_in_two_processes(rank: int, world_size: int, root: str) -> di
 
     import torch.distributed as dist
 
-    from conftest import job_store
+    from gossip.spawn import job_store
     from gossip.train import main
 
     codes = {}

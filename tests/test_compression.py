@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from gossip.compression import Codec, build, pack_bits, unpack_bits
-from gossip import native
 from gossip.compression import _distinct_draws, _topk_entries
 
 SIZES = [1, 7, 13, 64, 1000]
@@ -247,14 +246,11 @@ def topk_inputs() -> dict[str, torch.Tensor]:
             "zeros-and-one": torch.zeros(TOPK_D).index_fill_(0, torch.tensor([5]), -2.0)}
 
 
-@pytest.mark.parametrize("kernels", [True, False], ids=["native", "torch"])
 @pytest.mark.parametrize("name", list(topk_inputs()))
 @pytest.mark.parametrize("k", [1, 700, 4375, 30_000])  # 30,000: beyond the thresholded path
 def test_topk_selects_the_largest_magnitudes_ties_to_the_lower_index(
-    name: str, k: int, kernels: bool, monkeypatch: pytest.MonkeyPatch
+    name: str, k: int
 ) -> None:
-    if not kernels:
-        monkeypatch.setattr(native, "usable", lambda *tensors: False)
     x = topk_inputs()[name]
     indices, values = _topk_entries(x, k)
     # a stable sort keeps the lower index first among equal magnitudes; NaN sorts above all
@@ -265,17 +261,17 @@ def test_topk_selects_the_largest_magnitudes_ties_to_the_lower_index(
 
 @pytest.mark.parametrize("d, k", [(1000, 10), (1000, 250), (100_000, 1000), (50, 1)])
 def test_distinct_draws_are_distinct_in_range_and_reproducible(d: int, k: int) -> None:
-    drawn = _distinct_draws(d, k, torch.tensor(3))
+    drawn = _distinct_draws(d, k, gen(3))
     assert drawn.numel() == k and drawn.unique().numel() == k
     assert 0 <= drawn.min() and drawn.max() < d
-    assert torch.equal(drawn, _distinct_draws(d, k, torch.tensor(3)))
+    assert torch.equal(drawn, _distinct_draws(d, k, gen(3)))
 
 
 def test_distinct_draws_roughly_uniform() -> None:
     d, k, draws = 40, 10, 2000
     counts = torch.zeros(d)
     for seed in range(draws):
-        counts[_distinct_draws(d, k, torch.tensor(seed))] += 1
+        counts[_distinct_draws(d, k, gen(seed))] += 1
     expected = draws * k / d  # 500 per index; binomial std about 19
     # 6 standard deviations of a count (≤ √expected): a false failure has probability < 1e-8 per index
     assert (counts - expected).abs().max() < 6 * math.sqrt(expected)

@@ -7,7 +7,7 @@ import torch
 
 from gossip.network import Network, NetworkError
 
-from conftest import spawn
+from gossip.spawn import spawn
 
 
 def ring_round(network: Network, pipelined: bool = False) -> dict:

@@ -13,15 +13,14 @@ import topologies
 from gossip.algorithms import PowerGossip
 from gossip.algorithms.powergossip import PowerGossipOptions
 from gossip.config import OptimizerConfig
-import gossip.edge as edge_module
-from gossip import native
 from gossip.edge import orthonormalize
 from gossip.network import Network
 from gossip.worker import Worker
 
+from gossip.spawn import spawn
 from gossip.train import main
 
-from conftest import ROOT, read_metrics, run_cli, spawn
+from conftest import ROOT, read_metrics, run_cli
 
 
 def conv_net() -> nn.Module:
@@ -131,21 +130,12 @@ def expected_round(algorithm: PowerGossip, workers: list[Worker]) -> tuple[dict,
     return params, vectors
 
 
-def use_sweep(monkeypatch: pytest.MonkeyPatch, sweep_floats: int | None) -> None:
-    """The fused C sweep (None), or the torch sweep in chunks of ``sweep_floats`` floats."""
-    if sweep_floats is not None:
-        monkeypatch.setattr(native, "usable", lambda *tensors: False)
-        monkeypatch.setattr(edge_module, "SWEEP_FLOATS", sweep_floats)
-
-
-@pytest.mark.parametrize("sweep_floats", [None, edge_module.SWEEP_FLOATS, 7])
 @pytest.mark.parametrize("rank", [1, 2])
-def test_a_round_applies_every_edge_and_matrix_as_the_rule_says(rank, sweep_floats, monkeypatch):
-    """The batched round (one send buffer per worker; at rank 1 on the CPU one C call for every
-    matrix, else one product per shape group and edge, one update per group and single matrices
-    swept in row chunks) equals the rule applied edge by edge, on both sides, with a star's unequal
-    degrees and shape groups of one and of several matrices."""
-    use_sweep(monkeypatch, sweep_floats)
+def test_a_round_applies_every_edge_and_matrix_as_the_rule_says(rank):
+    """The batched round (one send buffer per worker, one product per shape group and edge, one
+    update per group, a single matrix projected for all edges in one product) equals the rule
+    applied edge by edge, on both sides, with a star's unequal degrees and shape groups of one and
+    of several matrices."""
     torch.manual_seed(0)
     workers = make_workers(conv_net(), range(4))
     algorithm = PowerGossip(topologies.star(4), Network(4), workers, options=PowerGossipOptions(rank=rank))
@@ -158,13 +148,10 @@ def test_a_round_applies_every_edge_and_matrix_as_the_rule_says(rank, sweep_floa
                 assert torch.allclose(edge.vector, vectors[(w.id, j)], atol=1e-5)
 
 
-@pytest.mark.parametrize("sweep_floats", [None, 50])
 @pytest.mark.parametrize("warm_start", [True, False])
-def test_prefetched_rounds_equal_rounds_made_one_by_one(warm_start, sweep_floats, monkeypatch):
+def test_prefetched_rounds_equal_rounds_made_one_by_one(warm_start):
     """A step's rounds make the next round's messages during the update pass (prefetch); that
-    changes no bit of the parameters or the edges' vectors, with the C sweep and with the torch
-    sweep in chunks."""
-    use_sweep(monkeypatch, sweep_floats)
+    changes no bit of the parameters or the edges' vectors."""
     options = PowerGossipOptions(iterations=4, warm_start=warm_start)
     runs = []
     for prefetch in (True, False):

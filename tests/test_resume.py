@@ -18,7 +18,9 @@ from gossip import checkpoint
 from gossip.algorithms import ALGORITHMS
 from gossip.train import main
 
-from conftest import ROOT, free_port, port_taken, read_metrics, run_cli, spawn
+from gossip.spawn import free_port, spawn
+
+from conftest import ROOT, port_taken, read_metrics, run_cli
 
 CONFIG = str(ROOT / "configs/logistic.yaml")
 BASE = ["--set", "workers=4", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10",
@@ -99,7 +101,7 @@ def _first_20_steps_of_every_variant(rank: int, world_size: int, root: str) -> d
 
     import torch.distributed as dist
 
-    from conftest import job_store
+    from gossip.spawn import job_store
 
     codes = {}
     for k, variant in enumerate(sorted(ALGORITHMS.entries)):

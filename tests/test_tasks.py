@@ -16,6 +16,7 @@ from gossip import checkpoint
 from gossip.tasks import DataError
 from gossip.tasks.language import LanguageModelOptions, LanguageModelTask, SequenceStream
 from gossip.tasks.models import LSTMLanguageModel, ResNet20
+from gossip.tasks.random_batches import RandomBatchesOptions, RandomBatchesTask
 from gossip.tasks.vision import (ImageClassificationOptions, ImageClassificationTask, augment,
                                  dirichlet_partition, read_batch)
 from gossip.train import main
@@ -289,3 +290,18 @@ def flatten_state(state, prefix: str = "") -> dict[str, torch.Tensor]:
     elif isinstance(state, torch.Tensor):
         out[prefix.rstrip(".")] = state
     return out
+
+
+@pytest.mark.parametrize("model, shapes", [
+    ("lstm", [(30, 4), (30, 4), ()]), ("resnet20", [(4, 3, 32, 32), (4,)]), ("mlp", [(4, 6), (4,)])])
+def test_random_batches_have_the_models_shapes_and_cycle(model, shapes):
+    options = RandomBatchesOptions(model=model, vocabulary=50, hidden=8, layers=1, widths=[6, 5, 3], batches=2)
+    task = RandomBatchesTask(options, workers=2, seed=0, batch_size=4)
+    stream = task.stream(1)
+    first, second, third = stream.next(), stream.next(), stream.next()
+    assert [tuple(t.shape) for t in first] == shapes
+    assert all(torch.equal(a, b) for a, b in zip(first, third)) and not torch.equal(first[0], second[0])
+    assert not torch.equal(first[0], task.stream(0).next()[0])  # each worker its own batches
+    loss = task.loss(task.build_model(), first, {})
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert set(task.evaluate(task.build_model())) == {"loss"}

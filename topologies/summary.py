@@ -7,18 +7,46 @@ weights, so a 64-node ring or expander still fits on a screen.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import networkx as nx
 import numpy as np
 
-if TYPE_CHECKING:
-    from topologies.topology import Topology
+
+class Described(Protocol):
+    """What a summary reads of a topology; :class:`topologies.Topology` has it all (this module
+    sits below it: ``Topology.describe`` calls :func:`describe`)."""
+
+    name: str
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def graph(self) -> nx.Graph: ...
+
+    @property
+    def edges(self) -> list[tuple[int, int]]: ...
+
+    @property
+    def W(self) -> np.ndarray: ...
+
+    @property
+    def spectral_gap(self) -> float: ...
+
+    @property
+    def slem(self) -> float: ...
+
+    def degree(self, i: int) -> int: ...
+
+    def weight(self, i: int, j: int) -> float: ...
+
+    def neighbors(self, i: int) -> list[int]: ...
 
 FULL_MATRIX_MAX_N = 12
 
 
-def describe(topology: Topology) -> str:
+def describe(topology: Described) -> str:
     """Name, size, degrees, spectral gap, slem and weights of ``topology``, one fact per line."""
     connected = "connected" if nx.is_connected(topology.graph) else "not connected"
     lines = [
@@ -31,7 +59,7 @@ def describe(topology: Topology) -> str:
     return "\n".join(lines)
 
 
-def _degree_lines(topology: Topology) -> list[str]:
+def _degree_lines(topology: Described) -> list[str]:
     degrees = np.array([topology.degree(i) for i in range(topology.n)])
     if degrees.min() == degrees.max():
         return [f"  degree {degrees[0]} at every node"]
@@ -40,7 +68,7 @@ def _degree_lines(topology: Topology) -> list[str]:
             prefix + np.array2string(degrees, max_line_width=100, prefix=prefix)]
 
 
-def _weight_lines(topology: Topology) -> list[str]:
+def _weight_lines(topology: Described) -> list[str]:
     if topology.n <= FULL_MATRIX_MAX_N:
         prefix = "    "
         matrix = np.array2string(topology.W, max_line_width=200, prefix=prefix,
@@ -54,7 +82,7 @@ def _weight_lines(topology: Topology) -> list[str]:
               for weights, rows in groups.items())]
 
 
-def _row_weights(topology: Topology, i: int) -> str:
+def _row_weights(topology: Described, i: int) -> str:
     counts = Counter(f"{topology.weight(i, j):.4g}" for j in topology.neighbors(i))
     neighbours = ", ".join(f"{w} x{c}" for w, c in sorted(counts.items(), key=lambda wc: -float(wc[0])))
     return f"own {topology.weight(i, i):.4g} | {neighbours or 'none'}"

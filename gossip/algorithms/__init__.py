@@ -8,7 +8,7 @@ from gossip.algorithms.dpsgd import DPSGD, DPSGDOptions
 from gossip.algorithms.local import Local, LocalOptions
 from gossip.algorithms.moniqua import Moniqua, MoniquaOptions
 from gossip.algorithms.powergossip import PowerGossip, PowerGossipOptions
-from gossip.config import Registry
+from gossip.registry import Registry
 
 ALGORITHMS = Registry("algorithm")
 ALGORITHMS.register("dpsgd", DPSGDOptions, DPSGD)

@@ -1,5 +1,8 @@
 """The centralized reference: average the gradients of all workers every step, then ``opt_i``.
 
+``optimizer.clip_scope`` says what is clipped: each worker's gradient before the average
+(``worker``, the default, as the PowerGossip authors' code does) or the average (``mean``).
+
 Bytes are counted as a ring all-reduce sends them: ``2 (n − 1) / n`` × the gradient's bytes per
 worker per step.
 """
@@ -13,7 +16,7 @@ from typing import Callable, Literal
 import torch
 
 from gossip.algorithms.base import Algorithm
-from gossip.config import option
+from gossip.registry import option
 from topologies import Topology
 
 
@@ -33,9 +36,13 @@ class AllReduce(Algorithm):
 
     def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
         compute_gradients()
+        clip_each = self.workers[0].optimizer.config.clip_scope == "worker"
+        if clip_each:
+            for w in self.workers:
+                w.optimizer.clip_(w.grads)
         mean = self.network.mean_over_workers([w.grads for w in self.workers])
         n = self.network.n
         for w in self.workers:
             self.network.count_bytes(w.id, 2 * (n - 1) * w.grads.numel() * w.grads.element_size() // n)
             w.grads.copy_(mean)
-            w.optimizer.step(w.params, w.grads, lr)
+        self.local_step(lr, clip=not clip_each)

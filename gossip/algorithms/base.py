@@ -8,14 +8,20 @@ overlap the backward pass), and how what arrives combines with the local optimiz
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 import torch
 
+from gossip.registry import option
 from gossip.network import Network, PendingRound
 from gossip.worker import Worker
 from topologies import Schedule, StaticSchedule, Topology
+
+#: When a gossiping algorithm's gossip happens relative to its local optimizer step.
+Order = Literal["overlap", "step_first"]
 
 
 class Algorithm(ABC):
@@ -26,6 +32,8 @@ class Algorithm(ABC):
     """
 
     Options: type
+    #: True for an algorithm whose state is tied to one fixed W (a time-varying topology is refused).
+    requires_static: bool = False
 
     def __init__(self, topology: Topology | Schedule, network: Network, workers: list[Worker],
                  options: Any = None, seed: int = 0) -> None:
@@ -34,6 +42,15 @@ class Algorithm(ABC):
         self.workers = workers
         self.options = self.Options() if options is None else options
         self.seed = seed
+        self.optimizer_s = 0.0  # wall time spent in the local optimizer steps (not gossip)
+        self.check_topology(self.schedule, self.options.name)
+
+    @classmethod
+    def check_topology(cls, schedule: Schedule, name: str) -> None:
+        """Refuse a time-varying ``schedule`` when the algorithm's state is tied to one fixed W."""
+        if cls.requires_static and not schedule.is_static:
+            raise ValueError(f"name: {name} keeps state mixed with one fixed W and needs a static "
+                             f"topology; {schedule!r} changes every step")
 
     @abstractmethod
     def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
@@ -61,7 +78,22 @@ class Algorithm(ABC):
         for w in self.workers:
             self.load_worker_state(w, state[w.id])
 
-    # --- helpers shared by the gossip algorithms --------------------------------------------
+    # --- helpers shared by the algorithms -----------------------------------------------------
+
+    def local_step(self, lr: float, clip: bool = True) -> None:
+        """``x_i ← opt_i(x_i, g_i)`` for every local worker: clip ``g_i`` (unless ``clip`` is
+        false: it was clipped already), then the optimizer's step."""
+        start = time.perf_counter()
+        for w in self.workers:
+            if clip:
+                w.optimizer.clip_(w.grads)
+            w.optimizer.step(w.params, w.grads, lr)
+        self.optimizer_s += time.perf_counter() - start
+
+    def gradient_step(self, lr: float, compute_gradients: Callable[[], None]) -> None:
+        """The gradients at the current parameters, then :meth:`local_step`."""
+        compute_gradients()
+        self.local_step(lr)
 
     def send_to_neighbours(self, topology: Topology, messages: dict[int, torch.Tensor]) -> PendingRound:
         """Send each local worker's ``messages[i]`` to all its neighbours; every worker's message
@@ -80,3 +112,46 @@ class Algorithm(ABC):
         for j in topology.neighbors(i):
             mixed.add_(inbox[(j, i)], alpha=topology.weight(i, j))
         return mixed
+
+
+@dataclass
+class GossipOptions:
+    """The key every gossiping algorithm shares: the order of its gossip and its local step."""
+
+    order: Order = option("overlap", help="overlap: gossip x^t and apply it with the gradient step "
+                                          "taken at x^t (the PowerGossip paper's Algorithm 1); "
+                                          "step_first: local step, then gossip the stepped model "
+                                          "(the Choco and DeepSqueeze papers' form)")
+
+
+class GossipAlgorithm(Algorithm):
+    """An algorithm made of a gossip exchange and a local optimizer step, in ``options.order``.
+
+    - ``overlap``: the messages of ``x^t`` are posted, the gradients at ``x^t`` are computed while
+      they travel, the gossip correction is applied, then the local step:
+      ``x^{t+1} = opt(x^t + gossip(x^t), g(x^t))``.
+    - ``step_first``: ``x^{t+½} = opt(x^t, g(x^t))``, then ``x^{t+1} = x^{t+½} + gossip(x^{t+½})``.
+
+    A subclass says how its exchange starts (:meth:`start_gossip`, from the current parameters)
+    and how what arrives is applied (:meth:`finish_gossip`, in place).
+    """
+
+    def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
+        topology = self.schedule(t)
+        if self.options.order == "overlap":
+            pending = self.start_gossip(t, topology)
+            compute_gradients()
+            self.finish_gossip(t, topology, pending)
+            self.local_step(lr)
+        else:
+            self.gradient_step(lr, compute_gradients)
+            self.finish_gossip(t, topology, self.start_gossip(t, topology))
+
+    @abstractmethod
+    def start_gossip(self, t: int, topology: Topology) -> Any:
+        """Post the messages of step ``t`` made from the current parameters; what comes back is
+        handed to :meth:`finish_gossip`."""
+
+    @abstractmethod
+    def finish_gossip(self, t: int, topology: Topology, pending: Any) -> None:
+        """Wait for the messages and apply the gossip correction to every local worker's params."""

@@ -19,9 +19,9 @@ from typing import Any, Literal, Optional, Sequence
 
 import torch
 
-from gossip import compression, native
-from gossip.algorithms.base import Algorithm
-from gossip.config import option
+from gossip import compression
+from gossip.algorithms.base import Algorithm, GossipAlgorithm, GossipOptions
+from gossip.registry import option
 from gossip.network import PendingRound
 from gossip.seeding import generator
 from topologies import Topology
@@ -50,7 +50,6 @@ class PackedCodec:
         self.wire_ranges = list(zip([0] + wire_ends[:-1], wire_ends))
         self.numel = value_ends[-1]
         self.wire_bytes = wire_ends[-1]
-        native.available()  # build the CPU kernels (once per machine) now, not within the first step
 
     def encode(self, flat: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """The wire buffer (1-D uint8, ``wire_bytes`` long) of the flat fp32 vector ``flat``."""
@@ -111,7 +110,7 @@ class PendingMessages:
         return own, {(j, i): decoded[j] for (j, i) in received}
 
 
-class CompressedAlgorithm(Algorithm):
+class CompressedAlgorithm(GossipAlgorithm):
     """An algorithm whose messages are its options' codec applied per parameter tensor."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -128,7 +127,7 @@ class CompressedAlgorithm(Algorithm):
 
 
 @dataclass
-class CodecOptions:
+class CodecOptions(GossipOptions):
     """The codec keys of ChocoSGD and DeepSqueeze: a codec name and that codec's own options."""
 
     codec: CodecName = option("sign", help="message codec, applied per parameter tensor: "

@@ -1,22 +1,27 @@
 """DeepSqueeze (Tang et al. 2019): compressed gossip of the parameters with error feedback.
 
-    x_i^{t+½} = opt_i(x_i^t, g_i)
-    v_i       = x_i^{t+½} + δ_i
-    c_i       = C(v_i)                                    # sent to every neighbour
-    δ_i       = v_i − c_i                                 # the error memory
-    x_i^{t+1} = x_i^{t+½} + γ Σ_{j∈N(i)∪{i}} (w_ij − [i = j]) c_j
+The gossip of a vector ``x_i`` (``x_i^t`` in the ``overlap`` order, ``x_i^{t+½} = opt_i(x_i^t,
+g_i)`` in ``step_first``, the DeepSqueeze paper's own form):
+
+    v_i  = x_i + δ_i
+    c_i  = C(v_i)                                         # sent to every neighbour
+    δ_i  = v_i − c_i                                      # the error memory
+    x_i += γ Σ_{j∈N(i)∪{i}} (w_ij − [i = j]) c_j
+
+and in the ``overlap`` order the local step ``opt_i(·, g_i(x_i^t))`` follows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
-from gossip.algorithms.compressed import CodecOptions, CompressedAlgorithm
-from gossip.config import option
+from gossip.algorithms.compressed import CodecOptions, CompressedAlgorithm, PendingMessages
+from gossip.registry import option
 from gossip.worker import Worker
+from topologies import Topology
 
 
 @dataclass
@@ -34,13 +39,14 @@ class DeepSqueeze(CompressedAlgorithm):
         super().__init__(*args, **kwargs)
         self.error = self.zeros()
 
-    def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
-        topology = self.schedule(t)
-        compute_gradients()
-        for w in self.workers:
-            w.optimizer.step(w.params, w.grads, lr)
+    def start_gossip(self, t: int, topology: Topology) -> tuple[dict[int, torch.Tensor], PendingMessages]:
         compensated = {w.id: w.params + self.error[w.id] for w in self.workers}
-        own, inbox = self.gossip.start(topology, t, compensated).wait()
+        return compensated, self.gossip.start(topology, t, compensated)
+
+    def finish_gossip(self, t: int, topology: Topology,
+                      pending: tuple[dict[int, torch.Tensor], PendingMessages]) -> None:
+        compensated, messages = pending
+        own, inbox = messages.wait()
         for w in self.workers:
             torch.sub(compensated[w.id], own[w.id], out=self.error[w.id])
             w.params.add_(self.mix(topology, w.id, own[w.id], inbox) - own[w.id], alpha=self.options.gamma)

@@ -9,7 +9,7 @@ from typing import Callable, Literal
 import torch
 
 from gossip.algorithms.base import Algorithm
-from gossip.config import option
+from gossip.registry import option
 from topologies import Topology
 
 
@@ -28,6 +28,4 @@ class Local(Algorithm):
         return 0
 
     def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
-        compute_gradients()
-        for w in self.workers:
-            w.optimizer.step(w.params, w.grads, lr)
+        self.gradient_step(lr, compute_gradients)

@@ -1,31 +1,33 @@
 """Moniqua (Lu & De Sa 2020): gossip of the parameters with b-bit modulo quantisation.
 
 With levels ``δ = 1/(2^b − 1)`` apart on ``[−½, ½]``, ``B = 2θ/(1 − 2δ)`` and ``cmod_a`` the
-centred modulo into ``[−a/2, a/2)``:
+centred modulo into ``[−a/2, a/2)``, the gossip of a vector ``x_i`` (``x_i^t`` in the
+``overlap`` order, the paper's, ``x_i^{t+½} = opt_i(x_i^t, g_i)`` in ``step_first``):
 
     q_i  = Qstoch(cmod_1(x_i / B))                     # b bits per entry to every neighbour
     ê_i  = B q_i − cmod_B(x_i)                         # own quantisation error, never sent
     x̂_{j|i} = cmod_B(B q_j − x_i) + x_i                # exact up to B·δ while |x_j − x_i| < θ
-    y_i  = x_i^t + γ Σ_{j∈N(i)} w_ij (x̂_{j|i} − (x_i^t + ê_i))
-    x_i^{t+1} = opt_i(y_i, g_i)                        # gradient at x_i^t, as in D-PSGD
+    x_i += γ Σ_{j∈N(i)} w_ij (x̂_{j|i} − (x_i + ê_i))
 
-The messages depend on ``x^t`` only, so they travel while the gradients are computed.
+and in the ``overlap`` order the local step ``opt_i(·, g_i(x_i^t))`` follows, as in D-PSGD.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
 from gossip import compression
-from gossip.algorithms.compressed import CompressedAlgorithm
-from gossip.config import option
+from gossip.algorithms.base import GossipOptions
+from gossip.algorithms.compressed import CompressedAlgorithm, PendingMessages
+from gossip.registry import option
+from topologies import Topology
 
 
 @dataclass
-class MoniquaOptions:
+class MoniquaOptions(GossipOptions):
     """Moniqua: modulo-quantised gossip; ``theta`` must bound ‖x_i − x_j‖_∞ between neighbours."""
 
     name: Literal["moniqua"] = option("moniqua", help="Moniqua: b-bit modulo-quantised gossip")
@@ -58,13 +60,15 @@ def neighbour_offset(received: torch.Tensor, own: torch.Tensor, modulus: float) 
 class Moniqua(CompressedAlgorithm):
     Options = MoniquaOptions
 
-    def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
-        topology = self.schedule(t)
+    def start_gossip(self, t: int, topology: Topology) -> tuple[dict[int, torch.Tensor], PendingMessages]:
+        residues = {w.id: centred_mod(w.params / self.options.modulus, 1.0) for w in self.workers}
+        return residues, self.gossip.start(topology, t, residues)
+
+    def finish_gossip(self, t: int, topology: Topology,
+                      pending: tuple[dict[int, torch.Tensor], PendingMessages]) -> None:
+        residues, messages = pending
+        own, inbox = messages.wait()
         modulus = self.options.modulus
-        residues = {w.id: centred_mod(w.params / modulus, 1.0) for w in self.workers}
-        pending = self.gossip.start(topology, t, residues)
-        compute_gradients()
-        own, inbox = pending.wait()
         for w in self.workers:
             x = w.params
             own_error = (own[w.id] - residues[w.id]).mul_(modulus)          # ê_i
@@ -74,4 +78,3 @@ class Moniqua(CompressedAlgorithm):
                 offset = neighbour_offset(inbox[(j, w.id)], x, modulus)
                 drift.add_(offset.sub_(own_error), alpha=topology.weight(w.id, j))
             x.add_(drift, alpha=self.options.gamma)
-            w.optimizer.step(x, w.grads, lr)

@@ -1,30 +1,31 @@
 """PowerGossip (Vogels, Karimireddy, Jaggi 2020, Algorithms 1 and 2).
 
-Every step: the gradient at ``x^t`` and the local optimizer step, then ``iterations`` rounds of
-compressed gossip, each applied to the already-updated parameters. In a round, every edge's
-:class:`~gossip.edge.EdgeCompressor` sends one low-rank projection per matrix parameter, and each
-worker applies the rank-``r`` approximations of ``x_j − x_i`` from all its neighbours at once.
-Tensors with one dimension (and matrices below ``min_compress_size``) are gossiped uncompressed,
-once per step, as in D-PSGD. No hyperparameter beyond the number of rounds.
+Every step runs ``iterations`` rounds of compressed gossip, each on the result of the previous
+one: on ``x^t`` in the ``overlap`` order (the paper's Algorithm 1: the gradient is taken at
+``x^t`` too, and the local step follows the rounds), on ``x^{t+½} = opt(x^t, g)`` in
+``step_first``. In a round, every edge's :class:`~gossip.edge.EdgeCompressor` sends one low-rank
+projection per matrix parameter, and each worker applies the rank-``r`` approximations of
+``x_j − x_i`` from all its neighbours at once. Tensors with one dimension (and matrices below
+``min_compress_size``) are gossiped uncompressed, once per step, as in D-PSGD. No
+hyperparameter beyond the number of rounds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
-from gossip import native
-from gossip.algorithms.base import Algorithm
-from gossip.config import option
+from gossip.algorithms.base import GossipAlgorithm, GossipOptions
+from gossip.registry import option
 from gossip.edge import EdgeCompressor, MatrixPlan, Neighbourhood
 from gossip.worker import Worker
 from topologies import Topology
 
 
 @dataclass
-class PowerGossipOptions:
+class PowerGossipOptions(GossipOptions):
     """PowerGossip: rank-``rank`` power iteration on the differences between neighbours."""
 
     name: Literal["powergossip"] = option("powergossip", help="PowerGossip: low-rank gossip of model differences")
@@ -34,18 +35,13 @@ class PowerGossipOptions:
                                          "(false: a fresh random projection every round)")
     min_compress_size: int = option(0, help="matrices with fewer entries travel uncompressed", ge=0)
 
-    def check(self, config: Any) -> None:
-        if not config.topology.build(config.workers, config.seed).is_static:
-            raise ValueError("name: powergossip keeps one power iteration per edge and needs a static topology")
 
-
-class PowerGossip(Algorithm):
+class PowerGossip(GossipAlgorithm):
     Options = PowerGossipOptions
+    requires_static = True  # one power iteration per edge of one fixed graph
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not self.schedule.is_static:
-            raise ValueError("powergossip needs a static topology")
         self.topology = self.schedule(0)
         views = self.workers[0].views
         self.plan = MatrixPlan.from_shapes([v.shape for v in views], self.options.min_compress_size, self.options.rank)
@@ -60,7 +56,6 @@ class PowerGossip(Algorithm):
                                 [self.topology.weight(w.id, j) for j in self.edges[w.id]], self.plan,
                                 self.network.device)
             for w in self.workers}
-        native.available()  # build the CPU kernels (once per machine) now, not within the first step
 
     @classmethod
     def bytes_per_step(cls, options: PowerGossipOptions, shapes: list[torch.Size], topology: Topology,
@@ -73,10 +68,10 @@ class PowerGossip(Algorithm):
         floats = options.iterations * per_round_pair / 2 + plan.dense_index.numel()
         return topology.degree(worker) * 4 * floats
 
-    def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
-        compute_gradients()
-        for w in self.workers:
-            w.optimizer.step(w.params, w.grads, lr)
+    def start_gossip(self, t: int, topology: Topology) -> None:
+        """Nothing is posted ahead: each round's messages depend on the previous round."""
+
+    def finish_gossip(self, t: int, topology: Topology, pending: None) -> None:
         self.gossip_rounds()
 
     def gossip_rounds(self) -> None:

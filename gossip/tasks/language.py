@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gossip.config import option
+from gossip.registry import option
 from gossip.tasks.base import DataError, DataStream, Task, TaskPlan
 from gossip.tasks.models import LSTMLanguageModel
 
@@ -147,6 +147,19 @@ class SequenceStream(DataStream):
         self.position = state["position"]
 
 
+def language_model_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], memory: dict[str, Any]) -> torch.Tensor:
+    """Next-token cross-entropy of a window ``(inputs, targets, restart)``; the hidden state is
+    carried in ``memory`` from window to window and zeroed where ``restart`` is true."""
+    inputs, targets, restart = batch
+    state = memory.get("state")
+    if state is not None:  # a zero state at an epoch's first window, without reading the flag on the host
+        keep = (~restart).to(state[0].dtype)
+        state = tuple(s * keep for s in state)
+    logits, state = model(inputs, state)
+    memory["state"] = tuple(s.detach() for s in state)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
 class LanguageModelTask(Task):
     metric = "perplexity"
 
@@ -187,14 +200,7 @@ class LanguageModelTask(Task):
         return SequenceStream(self.shards[worker], self.options.bptt)
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...], memory: dict[str, Any]) -> torch.Tensor:
-        inputs, targets, restart = batch
-        state = memory.get("state")
-        if state is not None:  # a zero state at an epoch's first window, without reading the flag on the host
-            keep = (~restart).to(state[0].dtype)
-            state = tuple(s * keep for s in state)
-        logits, state = model(inputs, state)
-        memory["state"] = tuple(s.detach() for s in state)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return language_model_loss(model, batch, memory)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, full: bool = True) -> dict[str, float]:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gossip.config import option
+from gossip.registry import option
 from gossip.seeding import generator
 from gossip.tasks.base import DataStream, ShuffledBatches, Task
 

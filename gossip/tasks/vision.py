@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gossip.config import option
+from gossip.registry import option
 from gossip.seeding import generator, seed_for
 from gossip.tasks.base import DataError, DataStream, Task, TaskPlan
 from gossip.tasks.models import ResNet20
