@@ -59,8 +59,18 @@ def join(backend: str = "auto", timeout_s: float = 300.0) -> Placement:
     return Placement(rank, world_size, local_rank, name, device, heartbeat)
 
 
-#: How long process 0 keeps the store up after a lost peer (see :func:`leave`).
+#: How long process 0 keeps the store up after a lost peer (see :func:`leave`); the environment
+#: variable ``GOSSIP_LOSS_LINGER_S`` overrides it (the tests make it short).
 LOSS_LINGER_S = 10.0
+
+
+def loss_linger_s() -> float:
+    """:data:`LOSS_LINGER_S`, or ``GOSSIP_LOSS_LINGER_S`` from the environment when set."""
+    text = os.environ.get("GOSSIP_LOSS_LINGER_S", "").strip()
+    try:
+        return max(0.0, float(text)) if text else LOSS_LINGER_S
+    except ValueError:
+        return LOSS_LINGER_S
 
 
 class Heartbeat:
@@ -85,18 +95,26 @@ class Heartbeat:
                 return
             self._stop.wait(self.interval)
 
-    def lost(self, candidates: list[int]) -> list[int]:
-        """The ranks among ``candidates`` that stopped beating (waits a few intervals). The first
-        process to decide records its verdict, so that processes which stop because of the loss
-        are not taken for lost ones by those that notice later."""
+    def lost(self, candidates: list[int], window_s: float | None = None) -> list[int]:
+        """The ranks among ``candidates`` that stopped beating. A candidate is alive as soon as its
+        counter moves, however late (a busy machine can delay a beat by seconds): the lost ones are
+        those whose counter did not move at all for ``window_s`` (default 20 intervals). The wait
+        ends early when every candidate moved, or when another process recorded its verdict: the
+        first process to decide records it, so that processes which stop because of the loss are
+        not taken for lost ones by those that notice later."""
         verdict = "gossip/lost"
+        window_s = 20 * self.interval if window_s is None else window_s
         try:
-            if self.store.check([verdict]):
-                return [int(r) for r in self.store.get(verdict).decode().split(",") if r]
             before = {r: self.store.add(self._key(r), 0) for r in candidates}
-            time.sleep(4 * self.interval)
-            after = {r: self.store.add(self._key(r), 0) for r in candidates}
-            lost = [r for r in candidates if after[r] == before[r]]
+            waiting, deadline = set(candidates), time.monotonic() + window_s
+            while True:
+                if self.store.check([verdict]):
+                    return [int(r) for r in self.store.get(verdict).decode().split(",") if r]
+                waiting = {r for r in waiting if self.store.add(self._key(r), 0) == before[r]}
+                if not waiting or time.monotonic() >= deadline:
+                    break
+                time.sleep(self.interval / 2)
+            lost = sorted(waiting)
             if lost:
                 self.store.compare_set(verdict, "", ",".join(map(str, lost)))
                 return [int(r) for r in self.store.get(verdict).decode().split(",") if r]

@@ -83,8 +83,9 @@ def lr_at(base_lr: float, lr_schedule: LRScheduleConfig, epoch: float) -> float:
     """The LR at (fractional) ``epoch``: linear warm-up from ``base_lr`` to ``base_lr * warmup_factor``
     over ``warmup_epochs``, then multiplied by ``decay`` at each milestone passed.
 
-    >>> lr_at(0.1, LRScheduleConfig(warmup_epochs=5, warmup_factor=11.0, milestones=[150]), 2.5)
-    0.6
+    >>> schedule = LRScheduleConfig(warmup_epochs=5, warmup_factor=11.0, milestones=[150, 225], decay=0.1)
+    >>> [round(lr_at(0.1, schedule, epoch), 6) for epoch in (0, 2.5, 5, 149.9, 150, 224.9, 225)]
+    [0.1, 0.6, 1.1, 1.1, 0.11, 0.11, 0.011]
     """
     peak = base_lr * lr_schedule.warmup_factor
     if epoch < lr_schedule.warmup_epochs:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from gossip import checkpoint
 from gossip import config as config_module
 from gossip.config import Config, ConfigError
-from gossip.distributed import LOSS_LINGER_S, Placement, join, leave
+from gossip.distributed import Placement, join, leave, loss_linger_s
 from gossip.network import Network, NetworkError, PeerLostError
 from gossip.algorithms import ALGORITHMS
 from gossip.tasks import TASKS, DataError
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        leave(placement, linger_s=LOSS_LINGER_S if code == 3 else 0.0)  # 3: a lost peer or a non-finite value
+        leave(placement, linger_s=loss_linger_s() if code == 3 else 0.0)  # 3: a lost peer or a non-finite value
 
 
 def run(args: argparse.Namespace, config: Config, placement: Placement) -> int:
@@ -228,6 +228,11 @@ def choose_run_dir(requested: Path, explicit: bool, placement: Placement) -> Pat
     return None if choice[0] is None else Path(choice[0])
 
 
+def exact_bytes(count: float) -> str:
+    """A byte count with thousands separators, exact (a per-step mean can end in .5)."""
+    return f"{count:,.1f}".removesuffix(".0")
+
+
 def plan(config: Config, placement: Placement) -> str:
     """A human summary of what the run would do (reads no data set)."""
     topology = config.topology.build(config.workers, config.seed)(0)
@@ -248,7 +253,7 @@ def plan(config: Config, placement: Placement) -> str:
         f"task         {config_module.to_dict(config.task)}",
         f"model        {type(task.model).__name__}, {parameters:,} parameters in {len(shapes)} tensors"
         + (f" ({task.note})" if task.note else ""),
-        f"bytes        worker 0 sends {per_step / 2**20:.3f} MiB per step, "
+        f"bytes        worker 0 sends {exact_bytes(per_step)} B = {per_step / 2**20:.3f} MiB per step, "
         f"{per_step * task.steps_per_epoch / 2**20:.1f} MiB per epoch ({task.steps_per_epoch} steps)",
         f"optimizer    {config_module.to_dict(config.optimizer)}",
         f"schedule     {config_module.to_dict(config.lr_schedule)}",

@@ -227,6 +227,7 @@ def test_rescaled_randomk_unbiased() -> None:
     x = torch.randn(d, generator=gen())
     k = codec.k_for(d)
     std = x.abs() * math.sqrt((d / k - 1) / draws)
+    # the mean of 2000 draws: 5 standard errors (a false failure has probability < 1e-6 per entry)
     assert torch.all((mc_mean(codec, x, draws) - x).abs() <= 5 * std + 1e-6)
 
 
@@ -272,6 +273,7 @@ def test_distinct_draws_roughly_uniform() -> None:
     for seed in range(draws):
         counts[_distinct_draws(d, k, gen(seed))] += 1
     expected = draws * k / d  # 500 per index; binomial std about 19
+    # 6 standard deviations of a count (≤ √expected): a false failure has probability < 1e-8 per index
     assert (counts - expected).abs().max() < 6 * math.sqrt(expected)
 
 
@@ -305,10 +307,11 @@ def test_qsgd_unbiased_and_on_grid() -> None:
     norm = x.norm()
     outs = torch.stack([round_trip(codec, x, seed) for seed in range(draws)])
     levels = outs.abs() * s / norm
+    # integer levels up to float32 rounding of |x| s / ‖x‖; an error within one level (norm / s)
     assert torch.allclose(levels, levels.round(), atol=1e-5)
     assert torch.all((outs - x).abs() <= norm / s + 1e-6)
-    bound = norm / (2 * s * math.sqrt(draws))
-    assert torch.all((outs.mean(0) - x).abs() <= 5 * bound)
+    bound = norm / (2 * s * math.sqrt(draws))  # a level-rounding's std is at most half a level
+    assert torch.all((outs.mean(0) - x).abs() <= 5 * bound)  # 5 standard errors
 
 
 @pytest.mark.parametrize(
@@ -335,7 +338,7 @@ def test_moniqua_on_grid_and_within_delta(bits: int) -> None:
     x = torch.rand(500, generator=gen(bits)) - 0.5
     out = round_trip(codec, x)
     k = (out + 0.5) * n
-    assert torch.allclose(k, k.round(), atol=1e-4)
+    assert torch.allclose(k, k.round(), atol=1e-4)  # integer levels up to float32 rounding of (x + ½) n
     assert k.min() >= -1e-4 and k.max() <= n + 1e-4
     assert torch.all((out - x).abs() < codec.delta + 1e-6)
 
@@ -355,8 +358,8 @@ def test_moniqua_unbiased() -> None:
     codec = build("moniqua", bits=2)
     draws = 2000
     x = torch.rand(8, generator=gen()) - 0.5
-    bound = codec.delta / (2 * math.sqrt(draws))
-    assert torch.all((mc_mean(codec, x, draws) - x).abs() <= 5 * bound)
+    bound = codec.delta / (2 * math.sqrt(draws))  # a rounding's std is at most half a level
+    assert torch.all((mc_mean(codec, x, draws) - x).abs() <= 5 * bound)  # 5 standard errors
 
 
 def test_moniqua_clamps() -> None:

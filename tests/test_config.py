@@ -7,7 +7,7 @@ import pytest
 from gossip import config as cfg
 from gossip.config import ConfigError
 
-from conftest import run_cli
+from gossip.train import main
 
 
 def load(raw: dict, overrides=()) -> cfg.Config:
@@ -88,16 +88,17 @@ def test_reference_lists_every_key_with_help():
     (["--set", "optimizer.lr=fast"], "optimizer.lr: expected a number"),
     (["--set", "topology.name=torus", "--set", "topology.rows=3"], "topology:"),
 ])
-def test_cli_config_errors_are_one_line_exit_2_nothing_written(tmp_path, root, extra, fragment):
+def test_cli_config_errors_are_one_line_exit_2_nothing_written(tmp_path, root, extra, fragment, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # run.dir is resolved against the working directory
     run_dir = tmp_path / "run"
-    result = run_cli(["--config", str(root / "configs/logistic.yaml"), "--run-dir", str(run_dir), *extra],
-                     cwd=tmp_path, timeout=120)
-    assert result.returncode == 2
-    assert fragment in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert main(["--config", str(root / "configs/logistic.yaml"), "--run-dir", str(run_dir), *extra]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not run_dir.exists() and not (tmp_path / "runs").exists()
 
 
-def test_missing_config_file_is_one_line(tmp_path):
-    result = run_cli(["--config", str(tmp_path / "nope.yaml")], cwd=tmp_path, timeout=120)
-    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+def test_missing_config_file_is_one_line(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -41,23 +41,41 @@ def test_power_iteration_beats_random_projections_at_equal_bytes_on_structured_d
     assert [r["bytes_per_worker"] for r in power] == [r["bytes_per_worker"] for r in random]
     assert power[-1]["bytes_per_worker"] == 200 * 2 * 100 * 4  # one 100-float vector to each of 2 neighbours
     assert rows["dpsgd"][-1]["bytes_per_worker"] == 200 * 2 * 100 * 100 * 4
+    # the paper's Figure 1 (right): on images the warm-started power iteration, which tracks the
+    # differences' top singular directions, ends orders of magnitude below random projections (which
+    # remove a 1/n_cols share per round, ALGORITHMS.md); one order of magnitude is asked here
     assert power[-1]["error"] < random[-1]["error"] / 10
 
 
-def test_compressed_baselines_reach_their_targets_on_random_data(tmp_path):
-    rows = study(tmp_path, "--data", "random", "--steps", "1500",
-                 "--algorithms", "choco-sign,choco-topk,deepsqueeze-sign,moniqua")
-    final = {label: series[-1]["relative_error"] for label, series in rows.items()}
-    assert final["choco-sign"] <= 1e-3
-    assert final["choco-topk"] <= 1e-1
-    assert final["deepsqueeze-sign"] <= 0.1 and final["moniqua"] <= 0.1
+# docs/compressed.md, "Tuned values": the relative error after 1,500 steps at the defaults (data
+# seed 0). A test allows 10x that (the text notes how little seed 1 differs), or the docs' own
+# target where that is tighter.
+DOCUMENTED_AT_1500 = {"choco-topk": 7.7e-7, "deepsqueeze-sign": 2.9e-4, "moniqua": 4.6e-2}
+TARGETS = {"moniqua": 0.1}  # "DeepSqueeze and Moniqua >= 10x below the start"
+
+
+def test_choco_sign_reaches_float_round_off_within_200_steps(tmp_path):
+    """docs/compressed.md: Choco sign+norm at gamma = 1 "reaches fp32 round-off in about 120 steps",
+    a floor of ~1e-12 (1.1e-12 in the table): 200 steps get within 10x of it."""
+    rows = study(tmp_path, "--data", "random", "--steps", "200", "--algorithms", "choco-sign")
+    assert rows["choco-sign"][-1]["relative_error"] <= 10 * 1.1e-12
+
+
+def test_compressed_baselines_reach_their_documented_errors_on_random_data(tmp_path):
+    rows = study(tmp_path, "--data", "random", "--steps", "1500", "--algorithms", ",".join(DOCUMENTED_AT_1500))
+    for label, documented in DOCUMENTED_AT_1500.items():
+        bound = min(10 * documented, TARGETS.get(label, float("inf")))
+        assert rows[label][-1]["relative_error"] <= bound, (label, rows[label][-1]["relative_error"], bound)
 
 
 def test_gamma_override_and_the_same_numbers_under_torchrun(tmp_path):
     args = ["--data", "random", "--steps", "30", "--workers", "4", "--algorithms", "powergossip,choco-sign@0.3"]
     single, double = study(tmp_path, *args), study(tmp_path, *args, torchrun=2)
     assert set(single) == {"powergossip", "choco-sign@0.3"}
+    assert set(double) == set(single)
     for label in single:
+        assert [r["step"] for r in single[label]] == [r["step"] for r in double[label]] == list(range(31))
         for a, b in zip(single[label], double[label]):
             assert b["bytes_per_worker"] == a["bytes_per_worker"]
+            # the same float32 operations; sums over workers per process first (~1e-7 per addition)
             assert b["error"] == pytest.approx(a["error"], rel=1e-5)

@@ -43,6 +43,7 @@ def test_gossip_round_preserves_the_average_and_contracts(topology):
     distance_before = consensus_distance(workers)
     algorithm.step(0, 0.1, no_gradient)
     mean_after = torch.stack([w.params for w in workers]).double().mean(0)
+    # W is doubly stochastic: the mean moves only by float32 rounding (entries ~1, ~1e-7 each)
     assert torch.allclose(mean_after, mean_before, atol=1e-6)
     assert consensus_distance(workers) < distance_before
 
@@ -51,7 +52,7 @@ def test_consensus_is_a_fixed_point():
     workers = make_workers(6, spread=0.0)
     before = workers[0].params.clone()
     DPSGD(topologies.ring(6), Network(6), workers).step(0, 0.1, no_gradient)
-    for w in workers:
+    for w in workers:  # Σ_j w_ij x = x: the weights sum to 1 up to float32 rounding (entries < 1)
         assert torch.allclose(w.params, before, atol=1e-7)
 
 
@@ -64,8 +65,11 @@ def test_repeated_rounds_contract_at_the_rate_the_spectral_gap_predicts():
         algorithm.step(t, 0.1, no_gradient)
         distances.append(consensus_distance(workers))
     rate = 1 - topology.spectral_gap
-    for t, d in enumerate(distances):
+    for t, d in enumerate(distances):  # the bound (1 − ρ)^t, with float32 rounding on top
         assert d <= distances[0] * rate ** t * (1 + 1e-4)
+    # after 25 rounds the slowest mode dominates: the ratio tends to slem² = 1 − ρ; on the 8-ring
+    # with W = 1/3 the next modulus is 1/3, (1/3)² / 0.8047² = 0.17, decayed by 0.17^25 by now;
+    # 2 % is left for float32 rounding
     assert distances[25] / distances[24] == pytest.approx(rate, rel=0.02)
 
 
@@ -121,6 +125,7 @@ def test_single_worker_dpsgd_is_torch_sgd(nesterov):
         torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
         sgd.step()
     for mine, theirs in zip(worker.model.parameters(), reference.parameters()):
+        # the same float32 steps in another order of operations: rounding over 5 steps
         assert torch.allclose(mine, theirs, atol=1e-6)
 
 
@@ -132,3 +137,58 @@ def test_gradients_land_in_the_flat_vector():
     for p in worker.model.parameters():
         assert torch.equal(p.grad.reshape(-1), worker.grads[offset:offset + p.numel()])
         offset += p.numel()
+
+
+def test_one_peer_exponential_reaches_the_exact_average_after_log2_n_steps():
+    """On 8 workers the one-peer exponential graph's W(0) W(1) W(2) is exactly J/8 (each step pairs
+    i with i XOR 2^t at weight 1/2), so 3 gradient-free D-PSGD steps leave every worker at the mean."""
+    schedule = topologies.OnePeerExponential(8)
+    workers = make_workers(8)
+    mean = torch.stack([w.params for w in workers]).double().mean(0)
+    network = Network(8)
+    algorithm = DPSGD(schedule, network, workers)
+    for t in range(3):
+        algorithm.step(t, 0.1, no_gradient)
+    for w in workers:
+        # float32 rounding only: three halvings and sums of values of size ~3 (spread 1, init ~0.5)
+        torch.testing.assert_close(w.params.double(), mean, rtol=0, atol=1e-6)
+    # one peer per step: 3 full messages per worker
+    assert network.bytes_sent == [3 * 4 * workers[0].params.numel()] * 8
+
+
+def test_allreduce_steps_every_worker_with_the_mean_gradient():
+    """Workers that start equal and see different batches take the step ``x − η · mean_i g_i``,
+    computed here with plain autograd on copies of the model."""
+    workers = make_workers(4, spread=0.0)
+    batches = [torch.randn(3, 5, generator=torch.Generator().manual_seed(10 + i)) for i in range(4)]
+    reference = copy.deepcopy(workers[0].model)
+    grads = []
+    for x in batches:
+        reference.zero_grad()
+        reference(x).pow(2).sum().backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in reference.parameters()]))
+    expected = workers[0].params.clone() - 0.1 * torch.stack(grads).mean(0)
+
+    def gradients():
+        for w, x in zip(workers, batches):
+            w.grads.zero_()
+            w.model(x).pow(2).sum().backward()
+
+    AllReduce(topologies.ring(4), Network(4), workers).step(0, 0.1, gradients)
+    for w in workers:
+        # float32: a mean of 4 gradients of size ~10 and one product with 0.1
+        torch.testing.assert_close(w.params, expected, rtol=0, atol=1e-6)
+
+
+def test_weight_decay_leaves_one_dimensional_tensors_alone_unless_asked():
+    """With zero gradients and plain SGD one step is ``x ← x − η λ x`` on the decayed tensors only:
+    matrices always, biases only with ``weight_decay_1d``."""
+    lr, decay = 0.1, 0.5
+    for decay_1d in (False, True):
+        config = OptimizerConfig(lr=lr, weight_decay=decay, weight_decay_1d=decay_1d)
+        (worker,) = make_workers(1, optimizer=config)
+        before = [v.clone() for v in worker.views]
+        DPSGD(topologies.ring(1), Network(1), [worker]).step(0, lr, no_gradient)
+        for view, old in zip(worker.views, before):
+            factor = 1 - lr * decay if (view.dim() > 1 or decay_1d) else 1.0
+            torch.testing.assert_close(view, old * factor, rtol=1e-6, atol=0)  # one float32 product

@@ -48,26 +48,35 @@ def test_one_process_round_hands_over_in_memory_and_counts_bytes():
     assert sent == [4 * (2 * i + 2 + ((i - 1) % 5) + ((i + 1) % 5)) for i in range(5)]
 
 
-def _ring_worker(rank: int, world_size: int, n: int, pipelined: bool):
+def _ring_worker(rank: int, world_size: int, n: int):
     network = Network(n, rank, world_size)
-    inbox, sent = ring_round(network, pipelined)
-    check_ring(inbox, network.local_workers, n)
+    rounds = {}
+    for pipelined in (False, True):
+        inbox, sent = ring_round(network, pipelined)
+        check_ring(inbox, network.local_workers, n)
+        rounds[pipelined] = sent
     values = network.gather_per_worker([float(w) for w in network.local_workers])
     mean = network.mean_over_workers([torch.full((2,), float(w)) for w in network.local_workers])
-    return sent, values.tolist(), mean.tolist()
+    return rounds, values.tolist(), mean.tolist()
 
 
-@pytest.mark.parametrize("pipelined", [False, True])
-def test_three_processes_two_workers_each_match_one_process(pipelined):
+def test_three_processes_two_workers_each_match_one_process():
+    """The middle process has neighbours in both others; one job runs a plain and a pipelined round
+    (bytes accumulate over both)."""
     n = 6
-    results = spawn(_ring_worker, 3, n, pipelined, timeout=90)
-    inbox_single, sent_single = ring_round(Network(n), pipelined)
-    check_ring(inbox_single, range(n), n)
-    for rank, (sent, values, mean) in enumerate(results):
+    results = spawn(_ring_worker, 3, n, timeout=90)
+    single = Network(n)
+    expected = {}
+    for pipelined in (False, True):
+        inbox_single, sent_single = ring_round(single, pipelined)
+        check_ring(inbox_single, range(n), n)
+        expected[pipelined] = sent_single
+    for rank, (rounds, values, mean) in enumerate(results):
         local = range(2 * rank, 2 * rank + 2)
-        assert [sent[i] for i in local] == [sent_single[i] for i in local]
+        for pipelined in (False, True):
+            assert [rounds[pipelined][i] for i in local] == [expected[pipelined][i] for i in local]
         assert values == [float(i) for i in range(n)]
-        assert mean == [2.5, 2.5]
+        assert mean == [2.5, 2.5]  # the mean of worker ids 0..5
 
 
 def test_placement_errors():
@@ -78,3 +87,31 @@ def test_placement_errors():
         network.start({(3, 0): torch.zeros(1)}, {})
     with pytest.raises(NetworkError, match="1-D"):
         network.start({(0, 1): torch.zeros(2, 2)}, {})
+
+
+def test_the_lost_process_is_the_one_whose_heartbeat_stopped_however_late_the_others_beat():
+    """Rank 1 beats once, 12 intervals after the question (a busy process; the old window was 4
+    intervals), rank 2 never: only rank 2 is lost, and a later question reads the same verdict."""
+    import threading
+
+    import torch.distributed as dist
+
+    from gossip.distributed import Heartbeat
+
+    store = dist.HashStore()
+    heartbeat = Heartbeat(store, 0, interval=0.05)
+    late = threading.Timer(12 * 0.05, lambda: store.add("gossip/heartbeat/1", 1))
+    late.start()
+    try:
+        assert heartbeat.lost([1, 2]) == [2]
+        assert heartbeat.lost([1]) == [2]  # the recorded verdict, not a new one
+    finally:
+        late.cancel()
+        heartbeat.stop()
+    fresh = dist.HashStore()
+    alive = [Heartbeat(fresh, r, interval=0.05) for r in range(3)]
+    try:
+        assert alive[0].lost([1, 2]) == []  # everyone beats: no verdict, and no full window's wait
+    finally:
+        for h in alive:
+            h.stop()

@@ -23,6 +23,7 @@ def test_plot_makes_a_png_from_real_runs(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     data = out.read_bytes()
+    # a PNG, and more than an empty canvas (a blank 640 × 480 PNG compresses to a few kB)
     assert data.startswith(b"\x89PNG") and len(data) > 10_000
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import math
 import os
 import re
 import subprocess
@@ -267,20 +268,32 @@ def test_docstring_examples():
 # --- independence from torch, command line -----------------------------------------------------
 
 
+def ring_gap(n: int) -> float:
+    """Closed form: W = 1/3 on the ring (Metropolis–Hastings, degree 2) has the eigenvalues
+    (1 + 2 cos(2πk/n)) / 3; the largest modulus but 1 is k = 1's (n >= 5), and the gap is 1 − slem²."""
+    return 1 - ((1 + 2 * math.cos(2 * math.pi / n)) / 3) ** 2
+
+
 def test_imports_without_torch():
     code = "import sys; sys.modules['torch'] = None; import topologies; print(topologies.ring(8).spectral_gap)"
     result = run("-c", code)
     assert result.returncode == 0, result.stderr
-    assert float(result.stdout) == pytest.approx(topologies.ring(8).spectral_gap)
+    assert float(result.stdout) == pytest.approx(ring_gap(8), rel=1e-12)  # float64 eigenvalues
 
 
-def test_cli_prints_the_summary():
-    result = run("-m", "topologies", "ring", "16")
-    assert result.returncode == 0, result.stderr
-    assert f"spectral gap {topologies.ring(16).spectral_gap:.6g}" in result.stdout
-    assert run("-m", "topologies", "torus", "3", "5").returncode == 0
-    opx = run("-m", "topologies", "one_peer_exponential", "8", "--step", "2")
-    assert opx.returncode == 0 and "partner i XOR 4" in opx.stdout
+def test_cli_prints_the_summary(capsys):
+    from topologies.__main__ import main
+
+    main(["ring", "16"])
+    assert f"spectral gap {ring_gap(16):.6g}" in capsys.readouterr().out
+    main(["torus", "3", "5"])
+    # W = 1/5 on the 3 × 5 torus (degree 4): eigenvalues (1 + 2 cos(2πa/3) + 2 cos(2πb/5)) / 5
+    slem = max(abs(1 + 2 * math.cos(2 * math.pi * a / 3) + 2 * math.cos(2 * math.pi * b / 5)) / 5
+               for a in range(3) for b in range(5) if (a, b) != (0, 0))
+    out = capsys.readouterr().out
+    assert "degree 4 at every node" in out and f"spectral gap {1 - slem ** 2:.6g}" in out
+    main(["one_peer_exponential", "8", "--step", "2"])
+    assert "partner i XOR 4" in capsys.readouterr().out  # 2^(t mod log2 8) at t = 2
 
 
 @pytest.mark.parametrize("args, message", [
@@ -289,8 +302,12 @@ def test_cli_prints_the_summary():
     (["moebius", "4"], "unknown topology"),
     (["ring", "8", "--seed", "1"], "takes no seed"),
 ])
-def test_cli_bad_input_is_one_line_with_status_2(args, message):
-    result = run("-m", "topologies", *args)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr
+def test_cli_bad_input_is_one_line_with_status_2(args, message, capsys):
+    from topologies.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
 
