@@ -88,12 +88,18 @@ def in_order(order: str, problem: Problem, X: torch.Tensor, gossip) -> torch.Ten
     return gossip(X - LR * G)
 
 
+def reference(order: str, problem: Problem, gossip) -> torch.Tensor:
+    """``STEPS`` steps of :func:`in_order` from the problem's starting points."""
+    X = problem.start.double()
+    for _ in range(STEPS):
+        X = in_order(order, problem, X, gossip)
+    return X
+
+
 @pytest.mark.parametrize("order", ORDERS)
 def test_dpsgd(order):
     problem = Problem()
-    X = problem.start.double()
-    for _ in range(STEPS):
-        X = in_order(order, problem, X, lambda V: problem.W @ V)
+    X = reference(order, problem, lambda V: problem.W @ V)
     torch.testing.assert_close(problem.run(DPSGD, order=order), X, **TOLERANCE)
 
 
@@ -109,9 +115,7 @@ def test_choco_sign(order):
         mixed_public.add_(problem.W @ q)
         return V + gamma * (mixed_public - public)
 
-    X = problem.start.double()
-    for _ in range(STEPS):
-        X = in_order(order, problem, X, gossip)
+    X = reference(order, problem, gossip)
     torch.testing.assert_close(problem.run(Choco, order=order, codec="sign", gamma=gamma), X, **TOLERANCE)
 
 
@@ -126,9 +130,7 @@ def test_deepsqueeze_sign(order):
         error.copy_(v - c)
         return V + gamma * (problem.W @ c - c)
 
-    X = problem.start.double()
-    for _ in range(STEPS):
-        X = in_order(order, problem, X, gossip)
+    X = reference(order, problem, gossip)
     torch.testing.assert_close(problem.run(DeepSqueeze, order=order, codec="sign", gamma=gamma), X, **TOLERANCE)
 
 
@@ -172,9 +174,7 @@ def test_powergossip(order):
         twin.step(0, LR, lambda: [w.grads.zero_() for w in twin_problem.workers])
         return torch.stack([w.params for w in twin_problem.workers]).double()
 
-    X = problem.start.double()
-    for _ in range(STEPS):
-        X = in_order(order, problem, X, gossip)
+    X = reference(order, problem, gossip)
     got = problem.run(PowerGossip, order=order, iterations=2)
     torch.testing.assert_close(got, X, **TOLERANCE)
     assert not torch.allclose(got, problem.W @ got)  # rank 1 is not exact averaging: a real test
