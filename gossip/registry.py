@@ -96,7 +96,10 @@ class Registry:
         if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
             raise ConfigError(f"{path}: {name} has no Options dataclass; declare its options as the "
                               f"class attribute Options = a @dataclass")
-        hint = typing.get_type_hints(options).get("name")
+        try:
+            hint = typing.get_type_hints(options).get("name")
+        except Exception as exc:
+            raise ConfigError(f"{path}: reading the annotations of {name}.Options raised {_raised(exc)}") from exc
         if hint is not str:
             raise ConfigError(f"{path}: {name}.Options needs a field 'name: str' (it holds the name "
                               f"module.path:ClassName){'' if hint is None else f', not {hint!r}'}")
