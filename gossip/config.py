@@ -2,8 +2,9 @@
 
 A config is plain data (``yaml.safe_load``) checked against the dataclasses below before anything
 starts or is written. Sections whose keys depend on a name (``algorithm``, ``task``) are parsed
-against the options dataclass that the named algorithm or task registers, so a new algorithm
-brings its own keys without touching this file. Every error is one :class:`ConfigError` line that
+against the options dataclass that the named algorithm or task registers, or that the class named
+``module.path:ClassName`` declares as its ``Options``, so a new algorithm brings its own keys
+without touching this file. Every error is one :class:`ConfigError` line that
 names the key path and what is allowed.
 """
 
@@ -215,7 +216,9 @@ def reference_markdown() -> str:
     lines = ["# Configuration reference", "",
              "Generated from the config dataclasses by `python scripts/config_reference.py`; a test fails",
              "when this page is stale. Keys are set in the YAML file or with `--set key=value`.",
-             "`algorithm[NAME].key` and `task[NAME].key` exist when `algorithm.name` / `task.name` is NAME.", ""]
+             "`algorithm[NAME].key` and `task[NAME].key` exist when `algorithm.name` / `task.name` is NAME.",
+             "`algorithm.name` and `task.name` may also be `module.path:ClassName`, a class of your own whose",
+             "keys are those of its `Options` dataclass (see [extending.md](extending.md)).", ""]
     section = None
     for path, type_name, default, help_text in fields_reference():
         top = path.split(".")[0].split("[")[0] if ("." in path or "[" in path) else "top level"
@@ -245,6 +248,8 @@ def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
     values = {}
     for name, f in known.items():
         if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{path}{name}: missing; {where} requires it (it has no default)")
             continue
         key_path = f"{path}{name}"
         registry = f.metadata.get("registry")

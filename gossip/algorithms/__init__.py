@@ -10,13 +10,13 @@ from gossip.algorithms.moniqua import Moniqua, MoniquaOptions
 from gossip.algorithms.powergossip import PowerGossip, PowerGossipOptions
 from gossip.registry import Registry
 
-ALGORITHMS = Registry("algorithm")
-ALGORITHMS.register("dpsgd", DPSGDOptions, DPSGD)
-ALGORITHMS.register("allreduce", AllReduceOptions, AllReduce)
-ALGORITHMS.register("local", LocalOptions, Local)
-ALGORITHMS.register("choco", ChocoOptions, Choco)
-ALGORITHMS.register("deepsqueeze", DeepSqueezeOptions, DeepSqueeze)
-ALGORITHMS.register("moniqua", MoniquaOptions, Moniqua)
-ALGORITHMS.register("powergossip", PowerGossipOptions, PowerGossip)
+ALGORITHMS = Registry("algorithm", Algorithm)
+ALGORITHMS.register("dpsgd", DPSGD)
+ALGORITHMS.register("allreduce", AllReduce)
+ALGORITHMS.register("local", Local)
+ALGORITHMS.register("choco", Choco)
+ALGORITHMS.register("deepsqueeze", DeepSqueeze)
+ALGORITHMS.register("moniqua", Moniqua)
+ALGORITHMS.register("powergossip", PowerGossip)
 
 __all__ = ["ALGORITHMS", "Algorithm", "AllReduce", "Choco", "DPSGD", "DeepSqueeze", "Moniqua", "PowerGossip"]

@@ -2,16 +2,16 @@
 
 from gossip.registry import Registry
 from gossip.tasks.base import DataError, DataStream, ShuffledBatches, Task, TaskPlan
-from gossip.tasks.language import LanguageModelOptions, LanguageModelTask
-from gossip.tasks.random_batches import RandomBatchesOptions, RandomBatchesTask
-from gossip.tasks.synthetic import SyntheticOptions, SyntheticTask
-from gossip.tasks.vision import ImageClassificationOptions, ImageClassificationTask
+from gossip.tasks.language import LanguageModelTask
+from gossip.tasks.random_batches import RandomBatchesTask
+from gossip.tasks.synthetic import SyntheticTask
+from gossip.tasks.vision import ImageClassificationTask
 
-TASKS = Registry("task")
-TASKS.register("logistic", SyntheticOptions, SyntheticTask)
-TASKS.register("least_squares", SyntheticOptions, SyntheticTask)
-TASKS.register("lstm", LanguageModelOptions, LanguageModelTask)
-TASKS.register("resnet20", ImageClassificationOptions, ImageClassificationTask)
-TASKS.register("random", RandomBatchesOptions, RandomBatchesTask)
+TASKS = Registry("task", Task)
+TASKS.register("logistic", SyntheticTask)
+TASKS.register("least_squares", SyntheticTask)
+TASKS.register("lstm", LanguageModelTask)
+TASKS.register("resnet20", ImageClassificationTask)
+TASKS.register("random", RandomBatchesTask)
 
 __all__ = ["TASKS", "DataError", "DataStream", "ShuffledBatches", "Task", "TaskPlan"]

@@ -72,10 +72,11 @@ class ShuffledBatches(DataStream):
 class Task(ABC):
     """Model, data, loss and metric of one experiment, for ``workers`` workers.
 
-    ``metric`` names the quality measure :meth:`evaluate` reports besides ``loss``
-    (``"accuracy"``, ``"perplexity"`` or ``None``).
+    ``Options`` is the task's options dataclass (its config keys); ``metric`` names the quality
+    measure :meth:`evaluate` reports besides ``loss`` (``"accuracy"``, ``"perplexity"`` or ``None``).
     """
 
+    Options: type
     metric: str | None = None
 
     def __init__(self, options: Any, workers: int, seed: int, batch_size: int) -> None:

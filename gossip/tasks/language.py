@@ -161,6 +161,7 @@ def language_model_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], memor
 
 
 class LanguageModelTask(Task):
+    Options = LanguageModelOptions
     metric = "perplexity"
 
     def __init__(self, options: LanguageModelOptions, workers: int, seed: int, batch_size: int) -> None:

@@ -56,6 +56,8 @@ class BatchCycle(DataStream):
 
 
 class RandomBatchesTask(Task):
+    Options = RandomBatchesOptions
+
     def build_model(self) -> nn.Module:
         opts = self.options
         if opts.model == "lstm":

@@ -34,6 +34,8 @@ class SyntheticOptions:
 
 
 class SyntheticTask(Task):
+    Options = SyntheticOptions
+
     def __init__(self, options: SyntheticOptions, workers: int, seed: int, batch_size: int) -> None:
         super().__init__(options, workers, seed, batch_size)
         self.metric = "accuracy" if options.name == "logistic" else None

@@ -128,6 +128,7 @@ class ImageStream(DataStream):
 
 
 class ImageClassificationTask(Task):
+    Options = ImageClassificationOptions
     metric = "accuracy"
 
     def __init__(self, options: ImageClassificationOptions, workers: int, seed: int, batch_size: int) -> None:

@@ -1,0 +1,1 @@
+"""A character-level transformer, a task defined outside the gossip package."""
