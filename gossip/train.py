@@ -25,6 +25,7 @@ from gossip import config as config_module
 from gossip.config import Config, ConfigError
 from gossip.distributed import Placement, join, leave, loss_linger_s
 from gossip.network import Network, NetworkError, PeerLostError
+from gossip.simclock import SimClock, planned_step
 from gossip.algorithms import ALGORITHMS
 from gossip.tasks import TASKS, DataError
 from gossip.trainer import NonFiniteError, Trainer
@@ -244,6 +245,8 @@ def plan(config: Config, placement: Placement) -> str:
     parameters = sum(math.prod(shape) for shape in shapes)
     per_step = ALGORITHMS.implementation(config.algorithm.name).bytes_per_step(config.algorithm, shapes, topology, 0)
     length = f"{config.train.steps} steps" if config.train.steps else f"{config.train.epochs} epochs"
+    simulated = [] if config.network is None else [
+        f"sim time     {simulated_time(config, topology, shapes, task.steps_per_epoch)}"]
     return "\n".join([
         f"workers      {config.workers} on {placement.world_size} process(es), {per_process} per process, "
         f"device {placement.device}, backend {placement.backend or 'none (one process)'}",
@@ -259,7 +262,32 @@ def plan(config: Config, placement: Placement) -> str:
         f"schedule     {config_module.to_dict(config.lr_schedule)}",
         f"train        {length}, batch {config.train.batch_size} per worker, eval every {config.train.eval_every}",
         f"run dir      {config.run.dir}",
+        *simulated,
     ])
+
+
+#: The dry run's simulated clock replays this many steps (at most an epoch) and scales to an epoch.
+PLANNED_STEPS = 100
+
+
+def simulated_time(config: Config, topology: Any, shapes: list, steps_per_epoch: int) -> str:
+    """The simulated time per step and per epoch on ``config.network``, from the bytes that every
+    worker sends per step (:func:`gossip.simclock.planned_step`; no link faults)."""
+    algorithm = ALGORITHMS.implementation(config.algorithm.name)
+    per_step = [algorithm.bytes_per_step(config.algorithm, shapes, topology, i) for i in range(topology.n)]
+    events = planned_step(algorithm.step_events(config.algorithm), per_step,
+                          [topology.neighbors(i) for i in range(topology.n)])
+    clock = SimClock(config.network, config.workers)
+    steps = min(PLANNED_STEPS, steps_per_epoch)
+    clock.run([events] * steps)
+    step = clock.time / steps
+    network = config.network
+    compute = "compute measured during the run, not included" if network.compute == "measured" \
+        else f"compute {network.compute:g} s at speed 1"
+    return (f"{step:.6g} s per step, {step * steps_per_epoch:.6g} s per epoch ({compute}; "
+            f"{network.bandwidth}, {network.latency} per message"
+            + (f"; groups of {network.groups.size}: {network.groups.bandwidth}, {network.groups.latency}"
+               if network.groups else "") + ")")
 
 
 def summary(record: dict, trainer: Trainer, seconds: float, run_dir: Path) -> str:
