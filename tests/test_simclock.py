@@ -184,12 +184,13 @@ def test_dry_run_prints_the_simulated_time(capsys, root):
     assert "sim time" not in capsys.readouterr().out
 
 
-def test_sim_time_is_the_same_in_one_process_and_two(tmp_path, root):
-    """PowerGossip with link faults and a slow worker, 4 workers in 1 process and in 2 (torchrun):
-    the same sim_time_s, losses and bytes at every record, and a resumed run continues the clock."""
+@pytest.mark.parametrize("algorithm", ["{name: powergossip, iterations: 2}", "{name: dpsgd}"])
+def test_sim_time_is_the_same_in_one_process_and_two(tmp_path, root, algorithm):
+    """Link faults and a slow worker, 4 workers in 1 process and in 2 (torchrun): the same
+    sim_time_s, losses and bytes at every record, and a resumed run continues the clock."""
     args = ["--config", str(root / "configs/logistic.yaml"), "--set", "workers=4", "--set", "train.steps=20",
             "--set", "train.eval_every=10", "--set", "train.local_eval=false", "--no-progress",
-            "--set", "algorithm={name: powergossip, iterations: 2}", "--set", "faults.link_drop=0.3",
+            "--set", f"algorithm={algorithm}", "--set", "faults.link_drop=0.3",
             "--set", "network={bandwidth: 1Mbit/s, latency: 1ms, compute: 0.01, speed: {3: 0.5}}"]
     assert main([*args, "--run-dir", str(tmp_path / "one")]) == 0
     multi = run_cli([*args, "--run-dir", str(tmp_path / "two")], cwd=tmp_path, torchrun=2, timeout=300)
