@@ -270,9 +270,10 @@ def plan(config: Config, placement: Placement) -> str:
 PLANNED_STEPS = 100
 
 
-def simulated_time(config: Config, topology: Any, shapes: list, steps_per_epoch: int) -> str:
-    """The simulated time per step and per epoch on ``config.network``, from the bytes that every
-    worker sends per step (:func:`gossip.simclock.planned_step`; no link faults)."""
+def simulated_step_s(config: Config, topology: Any, shapes: list, steps_per_epoch: int) -> float:
+    """The simulated seconds per step on ``config.network``, from the bytes that every worker sends
+    per step (:func:`gossip.simclock.planned_step`; no link faults): the mean over the first
+    ``PLANNED_STEPS`` steps (at most an epoch)."""
     algorithm = ALGORITHMS.implementation(config.algorithm.name)
     per_step = [algorithm.bytes_per_step(config.algorithm, shapes, topology, i) for i in range(topology.n)]
     events = planned_step(algorithm.step_events(config.algorithm), per_step,
@@ -280,14 +281,19 @@ def simulated_time(config: Config, topology: Any, shapes: list, steps_per_epoch:
     clock = SimClock(config.network, config.workers)
     steps = min(PLANNED_STEPS, steps_per_epoch)
     clock.run([events] * steps)
-    step = clock.time / steps
+    return clock.time / steps
+
+
+def simulated_time(config: Config, topology: Any, shapes: list, steps_per_epoch: int) -> str:
+    """The dry run's line: simulated time per step and per epoch, and the network it assumes."""
+    step = simulated_step_s(config, topology, shapes, steps_per_epoch)
     network = config.network
     compute = "compute measured during the run, not included" if network.compute == "measured" \
         else f"compute {network.compute:g} s at speed 1"
+    groups = network.groups
     return (f"{step:.6g} s per step, {step * steps_per_epoch:.6g} s per epoch ({compute}; "
             f"{network.bandwidth}, {network.latency} per message"
-            + (f"; groups of {network.groups.size}: {network.groups.bandwidth}, {network.groups.latency}"
-               if network.groups else "") + ")")
+            + (f"; groups of {groups.size}: {groups.bandwidth}, {groups.latency}" if groups else "") + ")")
 
 
 def summary(record: dict, trainer: Trainer, seconds: float, run_dir: Path) -> str:
