@@ -107,6 +107,8 @@ class Trainer:
         self.algorithm.step(self.step, lr, self.compute_gradients)
         if self.network.traffic is not None:
             self.network.traffic.end_step()
+            if self.network.world_size == 1:  # nothing to gather: replay at once, keep no log
+                self.advance_clock()
         comm = self.network.comm_wait_s - comm0
         self.time["compute"] += self.algorithm.optimizer_s - optimizer0
         self.time["comm"] += comm

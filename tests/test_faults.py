@@ -4,6 +4,10 @@ that refuse the option."""
 
 from __future__ import annotations
 
+import csv
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +147,18 @@ def test_an_algorithm_that_cannot_lose_a_message_refuses_link_drop(name, reason)
     workers = [Worker(i, Model(torch.zeros(8, 8)), OptimizerConfig(lr=0.0), 0) for i in range(4)]
     with pytest.raises(ValueError, match="needs link_drop 0"):
         algorithm_class(topologies.ring(4), network, workers, options=options_class(name=name))
+
+
+def test_the_consensus_study_runs_with_failing_links(tmp_path, root):
+    result = subprocess.run([sys.executable, str(root / "scripts/consensus.py"), "--algorithms", "dpsgd,choco-sign",
+                             "--link-drop", "0,0.3", "--steps", "5", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "error: --link-drop 0.3: choco sums its neighbours'" in result.stderr
+    result = subprocess.run([sys.executable, str(root / "scripts/consensus.py"), "--algorithms", "dpsgd,powergossip",
+                             "--link-drop", "0,0.3", "--steps", "5", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((tmp_path / "consensus.csv").open()))
+    sent = {row["algorithm"]: float(row["bytes_per_worker"]) for row in rows if row["step"] == "5"}
+    assert list(sent) == ["dpsgd", "dpsgd link_drop=0.3", "powergossip", "powergossip link_drop=0.3"]
+    assert sent["dpsgd link_drop=0.3"] < sent["dpsgd"] and sent["powergossip link_drop=0.3"] < sent["powergossip"]

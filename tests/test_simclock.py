@@ -4,6 +4,9 @@ the dry run, and the same numbers in one process and in two."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from gossip import config as config_module
@@ -156,9 +159,9 @@ def test_two_workers_in_a_run_match_the_hand_count():
 def test_a_step_records_the_events_the_dry_run_plans(algorithm):
     """What a real step records (compute, rounds, collectives, in order) is what ``step_events``
     tells the dry run, and a round's bytes are what ``bytes_per_step`` counts."""
-    config = config_module.from_dict(tiny(algorithm=algorithm, network={}))
+    config = config_module.from_dict(tiny(algorithm=algorithm))
     trainer = Trainer(config, Network(4), progress=False)
-    log = TrafficLog()
+    log = TrafficLog()  # recorded, but not replayed: the run has no clock
     trainer.network.traffic = log
     trainer.train_step()
     trainer.train_step()
@@ -204,3 +207,18 @@ def test_sim_time_is_the_same_in_one_process_and_two(tmp_path, root, algorithm):
     assert main([*args, "--set", "train.steps=10", "--run-dir", str(tmp_path / "resumed")]) == 0
     assert main(["--resume", str(tmp_path / "resumed"), "--set", "train.steps=20", "--no-progress"]) == 0
     assert read_metrics(tmp_path / "resumed")[-1]["sim_time_s"] == one[-1]["sim_time_s"]
+
+
+def test_plot_puts_simulated_time_on_the_x_axis(tmp_path, root):
+    args = ["--config", str(root / "configs/logistic.yaml"), "--set", "train.steps=4", "--set", "train.eval_every=2",
+            "--set", "train.local_eval=false", "--no-progress"]
+    assert main([*args, "--set", "network={compute: 0.1}", "--run-dir", str(tmp_path / "net")]) == 0
+    assert main([*args, "--run-dir", str(tmp_path / "plain")]) == 0
+    plot = [sys.executable, str(root / "scripts/plot.py"), "--x", "sim_time_s"]
+    drawn = subprocess.run([*plot, str(tmp_path / "net"), "--out", str(tmp_path / "fig.png")],
+                           capture_output=True, text=True, timeout=120)
+    assert drawn.returncode == 0, drawn.stderr
+    assert (tmp_path / "fig.png").read_bytes().startswith(b"\x89PNG")
+    refused = subprocess.run([*plot, str(tmp_path / "plain"), "--out", str(tmp_path / "no.png")],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "has no sim_time_s (sim_time_s needs a network section)" in refused.stderr
