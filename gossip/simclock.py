@@ -124,9 +124,10 @@ def _reraise(key: str, parse: Any, text: Quantity) -> None:
         raise ValueError(f"{key}: {exc}") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Link:
-    """A link's bandwidth (bytes per second) and latency (seconds)."""
+    """A link's bandwidth (bytes per second) and latency (seconds); two links are never the same
+    link, even with equal numbers (``eq=False``: a link is its own key)."""
 
     bandwidth: float
     latency: float

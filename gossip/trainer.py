@@ -2,8 +2,10 @@
 gossip round(s) and gradient step, the learning rate follows its schedule; every ``eval_every``
 steps the run is measured and logged to ``RUN_DIR/metrics.jsonl``; every ``checkpoint_every``
 steps, at the end and when asked to stop, every worker's complete state is saved. With a
-``network`` section the steps are also replayed on the simulated clock (:mod:`gossip.simclock`)
-whenever the run is measured or saved, and every record gains ``sim_time_s``."""
+``network`` section the steps are also replayed on the simulated clock (:mod:`gossip.simclock`):
+after every step in one process, with several whenever the run is measured or saved (the
+processes' records of their workers' messages are gathered then); every record gains
+``sim_time_s``."""
 
 from __future__ import annotations
 

@@ -118,6 +118,9 @@ def test_groups_send_on_the_node_link_and_the_main_link_in_parallel():
     flat = clock(4, bandwidth="8Mbit/s", latency="1ms", compute=0.0)
     flat.step([("compute", {}), ring_round(4, MB)])
     assert flat.finish == pytest.approx([2.001] * 4)
+    same = clock(4, bandwidth="8Mbit/s", latency="1ms", compute=0.0,
+                 groups=GroupsConfig(size=2, bandwidth="8Mbit/s", latency="1ms"))
+    assert same.round([0.0] * 4, ring_round(4, MB)[1]) == pytest.approx([1.001] * 4)  # two links, not one
     # only the node-local messages: 10 us + 1 MB / 100 MB/s
     assert c.round([0.0] * 4, {(0, 1): MB, (1, 0): MB}) == pytest.approx([0.01001, 0.01001, 0.0, 0.0])
 
