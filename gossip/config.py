@@ -21,15 +21,17 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
 import yaml
 
 from gossip.algorithms import ALGORITHMS
+from gossip.faults import FaultsConfig
 from gossip.optim import LRScheduleConfig, OptimizerConfig
 from gossip.registry import ConfigError, Registry, option, suggest
+from gossip.simclock import NetworkConfig
 from gossip.tasks import TASKS
 
 if TYPE_CHECKING:
     import topologies
 
-__all__ = ["Config", "ConfigError", "LRScheduleConfig", "OptimizerConfig", "RunDirConfig", "TopologyConfig",
-           "TrainConfig", "apply_overrides", "dump", "fields_reference", "from_dict", "load", "reference_markdown",
+__all__ = ["Config", "ConfigError", "FaultsConfig", "LRScheduleConfig", "NetworkConfig", "OptimizerConfig",
+           "RunDirConfig", "TopologyConfig", "TrainConfig", "apply_overrides", "dump", "fields_reference", "from_dict", "load", "reference_markdown",
            "to_dict"]
 
 #: The registries whose entries a config section names (``algorithm.name``, ``task.name``).
@@ -108,6 +110,9 @@ class Config:
     schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunDirConfig = field(default_factory=RunDirConfig)
+    network: Optional[NetworkConfig] = option(None, help="the network that sim_time_s models "
+                                                         "(docs/networks.md); none: no simulated clock")
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     backend: Literal["auto", "gloo", "nccl"] = option(
         "auto", help="torch.distributed backend: gloo on CPU, nccl with one GPU per process")
 
@@ -200,8 +205,8 @@ def fields_reference() -> list[tuple[str, str, str, str]]:
             if registry:
                 for name, (options, _) in sorted(REGISTRIES[registry].entries.items()):
                     walk(options, f"{path}[{name}].")
-            elif dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{path}.")
+            elif _section_class(hints[f.name]) is not None:
+                walk(_section_class(hints[f.name]), f"{path}.")
             else:
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 rows.append((path, _type_name(hints[f.name]), repr(default), f.metadata.get("help", "")))
@@ -255,12 +260,23 @@ def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
         registry = f.metadata.get("registry")
         if registry:
             values[name] = _parse_registry_section(registry, f.metadata["default_name"], raw[name], key_path)
-        elif dataclasses.is_dataclass(hints[name]):
-            values[name] = _parse_dataclass(hints[name], raw[name], key_path + ".")
+        elif _section_class(hints[name]) is not None:
+            optional = not dataclasses.is_dataclass(hints[name])
+            values[name] = None if optional and raw[name] is None else \
+                _parse_dataclass(_section_class(hints[name]), raw[name], key_path + ".")
         else:
             values[name] = _parse_value(hints[name], raw[name], key_path)
             _check_bounds(values[name], f.metadata.get("bounds", {}), key_path)
     return cls(**values)
+
+
+def _section_class(hint: Any) -> type | None:
+    """The dataclass of a section field (``Section`` or ``Optional[Section]``), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    inner = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and len(inner) == 1
+    return inner[0] if optional and dataclasses.is_dataclass(inner[0]) else None
 
 
 def _parse_registry_section(registry_name: str, default_name: str, raw: Any, path: str) -> Any:
@@ -280,8 +296,18 @@ def _parse_value(hint: Any, value: Any, path: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _parse_value(inner, value, path)
+        inner = [a for a in args if a is not type(None)]
+        for alternative in inner[:-1]:
+            try:
+                return _parse_value(alternative, value, path)
+            except ConfigError:
+                pass
+        try:
+            return _parse_value(inner[-1], value, path)
+        except ConfigError:
+            if len(inner) == 1:
+                raise
+        raise ConfigError(f"{path}: {value!r} is not allowed; allowed: {' or '.join(map(_type_name, inner))}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{path}: {value!r} is not allowed{suggest(str(value), args)}; "
@@ -291,6 +317,11 @@ def _parse_value(hint: Any, value: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected a list, got {_describe(value)}")
         return [_parse_value(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, e.g. {{3: 0.5}}, got {_describe(value)}")
+        return {_parse_value(args[0], k, f"{path} key {k!r}"): _parse_value(args[1], v, f"{path}.{k}")
+                for k, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: expected true or false, got {_describe(value)}")
@@ -345,6 +376,10 @@ def _check_combinations(config: Config) -> None:
     check = getattr(config.task, "check", None)
     if check is not None:
         _reraise_with_path(check, config, "task")
+    if config.network is not None:
+        _reraise_with_path(config.network.check, config, "network")
+    _reraise_with_path(lambda _: implementation.check_link_drop(config.faults.link_drop, config.algorithm.name),
+                       config, "faults")
 
 
 def _reraise_with_path(check: Any, config: Config, section: str) -> None:
@@ -374,6 +409,8 @@ def _type_name(hint: Any) -> str:
         return " | ".join(map(str, args))
     if origin is list:
         return f"list[{_type_name(args[0])}]"
+    if origin is dict:
+        return f"dict[{_type_name(args[0])}, {_type_name(args[1])}]"
     return getattr(hint, "__name__", str(hint))
 
 

@@ -8,6 +8,10 @@ receivers. Pairs inside a process are handed over in memory; pairs across proces
 both sides derive identically. Receivers size their buffers from what they already know (the
 ``expected`` shapes), so a round needs no size handshake. Every byte a worker sends is counted,
 in-memory pairs included: they would cross a wire in a real deployment.
+
+Two optional attachments: ``faults`` (:class:`~gossip.faults.LinkFaults`), which the algorithms
+ask which edges are down in a round, and ``traffic`` (:class:`~gossip.simclock.TrafficLog`),
+which records the bytes of every pair of every round (and of collectives) for the simulated clock.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ import datetime
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from gossip.faults import LinkFaults
+    from gossip.simclock import TrafficLog
 
 Pair = tuple[int, int]
 Spec = tuple[int, torch.dtype]
@@ -78,6 +86,8 @@ class Network:
         self.comm_wait_s = 0.0
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.heartbeat = heartbeat
+        self.faults: LinkFaults | None = None
+        self.traffic: TrafficLog | None = None
 
     def owner(self, worker: int) -> int:
         """The rank of the process that hosts ``worker``."""
@@ -95,6 +105,15 @@ class Network:
         message a local worker receives, its element count and dtype. Returns at once; the
         round's inbox is ready after :meth:`PendingRound.wait`.
         """
+        self._record(outbox)
+        return self._post(outbox, expected)
+
+    def _record(self, outbox: dict[Pair, torch.Tensor]) -> None:
+        if self.traffic is not None:
+            self.traffic.round({pair: m.numel() * m.element_size() for pair, m in outbox.items()})
+
+    def _post(self, outbox: dict[Pair, torch.Tensor], expected: dict[Pair, Spec]) -> PendingRound:
+        """:meth:`start` without recording the round (a part of a round of :meth:`pipelined`)."""
         inbox: dict[Pair, torch.Tensor] = {}
         ops: list[dist.P2POp] = []
         for (src, dst), message in sorted(outbox.items()):
@@ -147,11 +166,14 @@ class Network:
             return
         local: dict[Pair, torch.Tensor] = {}
         rounds: dict[int, PendingRound] = {}
+        posted: dict[Pair, torch.Tensor] = {}
         for worker in workers:
             outbox = messages_of(worker)
+            posted.update(outbox)
             remote = {(src, dst): spec for (src, dst), spec in expected.items() if dst == worker and not self.is_local(src)}
-            rounds[worker] = self.start(outbox, remote)
+            rounds[worker] = self._post(outbox, remote)
             local.update((pair, message) for pair, message in rounds[worker].inbox.items() if self.is_local(pair[0]))
+        self._record(posted)
         while rounds:
             worker = next((w for w, pending in rounds.items() if pending.ready()), next(iter(rounds)))
             received = {**local, **rounds.pop(worker).wait()}
@@ -160,6 +182,8 @@ class Network:
     def count_bytes(self, worker: int, nbytes: int) -> None:
         """Count bytes that a collective (not a point-to-point round) sends on behalf of ``worker``."""
         self.bytes_sent[worker] += int(nbytes)
+        if self.traffic is not None:
+            self.traffic.collective(worker, int(nbytes))
 
     def workers_of(self, rank: int) -> range:
         return range(rank * self.per_process, (rank + 1) * self.per_process)

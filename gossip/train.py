@@ -25,6 +25,7 @@ from gossip import config as config_module
 from gossip.config import Config, ConfigError
 from gossip.distributed import Placement, join, leave, loss_linger_s
 from gossip.network import Network, NetworkError, PeerLostError
+from gossip.simclock import SimClock, planned_step
 from gossip.algorithms import ALGORITHMS
 from gossip.tasks import TASKS, DataError
 from gossip.trainer import NonFiniteError, Trainer
@@ -244,6 +245,8 @@ def plan(config: Config, placement: Placement) -> str:
     parameters = sum(math.prod(shape) for shape in shapes)
     per_step = ALGORITHMS.implementation(config.algorithm.name).bytes_per_step(config.algorithm, shapes, topology, 0)
     length = f"{config.train.steps} steps" if config.train.steps else f"{config.train.epochs} epochs"
+    simulated = [] if config.network is None else [
+        f"sim time     {simulated_time(config, topology, shapes, task.steps_per_epoch)}"]
     return "\n".join([
         f"workers      {config.workers} on {placement.world_size} process(es), {per_process} per process, "
         f"device {placement.device}, backend {placement.backend or 'none (one process)'}",
@@ -259,7 +262,38 @@ def plan(config: Config, placement: Placement) -> str:
         f"schedule     {config_module.to_dict(config.lr_schedule)}",
         f"train        {length}, batch {config.train.batch_size} per worker, eval every {config.train.eval_every}",
         f"run dir      {config.run.dir}",
+        *simulated,
     ])
+
+
+#: The dry run's simulated clock replays this many steps (at most an epoch) and scales to an epoch.
+PLANNED_STEPS = 100
+
+
+def simulated_step_s(config: Config, topology: Any, shapes: list, steps_per_epoch: int) -> float:
+    """The simulated seconds per step on ``config.network``, from the bytes that every worker sends
+    per step (:func:`gossip.simclock.planned_step`; no link faults): the mean over the first
+    ``PLANNED_STEPS`` steps (at most an epoch)."""
+    algorithm = ALGORITHMS.implementation(config.algorithm.name)
+    per_step = [algorithm.bytes_per_step(config.algorithm, shapes, topology, i) for i in range(topology.n)]
+    events = planned_step(algorithm.step_events(config.algorithm), per_step,
+                          [topology.neighbors(i) for i in range(topology.n)])
+    clock = SimClock(config.network, config.workers)
+    steps = min(PLANNED_STEPS, steps_per_epoch)
+    clock.run([events] * steps)
+    return clock.time / steps
+
+
+def simulated_time(config: Config, topology: Any, shapes: list, steps_per_epoch: int) -> str:
+    """The dry run's line: simulated time per step and per epoch, and the network it assumes."""
+    step = simulated_step_s(config, topology, shapes, steps_per_epoch)
+    network = config.network
+    compute = "compute measured during the run, not included" if network.compute == "measured" \
+        else f"compute {network.compute:g} s at speed 1"
+    groups = network.groups
+    return (f"{step:.6g} s per step, {step * steps_per_epoch:.6g} s per epoch ({compute}; "
+            f"{network.bandwidth}, {network.latency} per message"
+            + (f"; groups of {groups.size}: {groups.bandwidth}, {groups.latency}" if groups else "") + ")")
 
 
 def summary(record: dict, trainer: Trainer, seconds: float, run_dir: Path) -> str:

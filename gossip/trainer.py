@@ -1,7 +1,11 @@
 """The training loop: every step the local workers draw their batches, the algorithm runs its
 gossip round(s) and gradient step, the learning rate follows its schedule; every ``eval_every``
 steps the run is measured and logged to ``RUN_DIR/metrics.jsonl``; every ``checkpoint_every``
-steps, at the end and when asked to stop, every worker's complete state is saved."""
+steps, at the end and when asked to stop, every worker's complete state is saved. With a
+``network`` section the steps are also replayed on the simulated clock (:mod:`gossip.simclock`):
+after every step in one process, with several whenever the run is measured or saved (the
+processes' records of their workers' messages are gathered then); every record gains
+``sim_time_s``."""
 
 from __future__ import annotations
 
@@ -18,9 +22,11 @@ from tqdm import tqdm
 from gossip import checkpoint
 from gossip.algorithms import ALGORITHMS, Algorithm
 from gossip.config import Config
+from gossip.faults import LinkFaults
 from gossip.network import Network
 from gossip.optim import lr_at
 from gossip.seeding import seed_for
+from gossip.simclock import SimClock, TrafficLog, merge
 from gossip.tasks import TASKS, Task
 from gossip.worker import Worker
 
@@ -51,6 +57,11 @@ class Trainer:
                         for i in network.local_workers]
         self.streams = {i: self.task.stream(i) for i in network.local_workers}
         self.eval_model = copy.deepcopy(initial_model).to(network.device)
+        if config.faults.link_drop > 0:
+            network.faults = LinkFaults(config.faults.link_drop, config.seed)
+        self.clock = SimClock(config.network, config.workers) if config.network is not None else None
+        if self.clock is not None:
+            network.traffic = TrafficLog()
         self.algorithm: Algorithm = ALGORITHMS.implementation(config.algorithm.name)(
             self.topology_schedule, network, self.workers, options=config.algorithm, seed=config.seed)
         self.steps_per_epoch = self.task.steps_per_epoch()
@@ -73,14 +84,22 @@ class Trainer:
         (timed as compute, with the local optimizer steps; codec time is the rest of a step that
         is not spent waiting for messages)."""
         start = time.perf_counter()
+        seconds: dict[int, float] = {}
+        sync = self.clock is not None and self.clock.compute is None and self.network.device.type == "cuda"
         for k, w in enumerate(self.workers):
+            began = time.perf_counter()
             w.grads.zero_()
             batch = tuple(t.to(w.device, non_blocking=True) for t in self.streams[w.id].next())
             with w.forked_rng():
                 loss = self.task.loss(w.model, batch, w.memory)
                 loss.backward()
             self.loss_sum[k] += loss.detach()
+            if sync:  # the measured compute of the simulated clock needs the kernels done
+                torch.cuda.synchronize(w.device)
+            seconds[w.id] = time.perf_counter() - began
         self.loss_count += 1
+        if self.network.traffic is not None:
+            self.network.traffic.compute(seconds)
         self.time["compute"] += time.perf_counter() - start
 
     def train_step(self) -> None:
@@ -88,6 +107,10 @@ class Trainer:
         start, compute0 = time.perf_counter(), self.time["compute"]
         comm0, optimizer0 = self.network.comm_wait_s, self.algorithm.optimizer_s
         self.algorithm.step(self.step, lr, self.compute_gradients)
+        if self.network.traffic is not None:
+            self.network.traffic.end_step()
+            if self.network.world_size == 1:  # nothing to gather: replay at once, keep no log
+                self.advance_clock()
         comm = self.network.comm_wait_s - comm0
         self.time["compute"] += self.algorithm.optimizer_s - optimizer0
         self.time["comm"] += comm
@@ -147,17 +170,20 @@ class Trainer:
         return {"worker": w.state_dict(), "algorithm": self.algorithm.worker_state(w),
                 "stream": self.streams[w.id].state_dict(), "memory": w.memory,
                 "bytes_sent": self.network.bytes_sent[w.id], "loss_sum": self.loss_sum[k],
-                "loss_count": self.loss_count, "step": self.step, "time": dict(self.time)}
+                "loss_count": self.loss_count, "step": self.step, "time": dict(self.time),
+                "sim_finish_s": self.clock.finish[w.id] if self.clock is not None else 0.0}
 
     def save_checkpoint(self) -> None:
         if self.run_dir is None:
             return
+        self.advance_clock()
         states = {w.id: self.worker_checkpoint(k) for k, w in enumerate(self.workers)}
         checkpoint.save(self.run_dir, self.step, states, self.network)
         self.saved_step = self.step
 
     def restore(self, directory: Path) -> None:
         """Continue from a verified checkpoint directory (any number of processes)."""
+        finish: list[float] = []
         for k, w in enumerate(self.workers):
             state = checkpoint.load_worker(directory, w.id, self.network.device)
             w.load_state_dict(state["worker"])
@@ -167,6 +193,9 @@ class Trainer:
             self.network.bytes_sent[w.id] = state["bytes_sent"]
             self.loss_sum[k] = state["loss_sum"]
             self.loss_count, self.step, self.time = state["loss_count"], state["step"], state["time"]
+            finish.append(state.get("sim_finish_s", 0.0))
+        if self.clock is not None:
+            self.clock.finish = self.network.gather_per_worker(finish).tolist()
         self.saved_step = self.step
 
     def measure(self, restart_window: bool = True) -> dict[str, Any]:
@@ -200,8 +229,18 @@ class Trainer:
             "time_codec_s": self.time["codec"],
             "time_comm_s": self.time["comm"],
         })
+        if self.clock is not None:
+            record["sim_time_s"] = self.advance_clock()
         self.history.append(record)
         return record
+
+    def advance_clock(self) -> float:
+        """Replay the steps since the last call on the simulated clock (with every process's
+        record of its workers' messages) and return ``sim_time_s``; 0 without a ``network``."""
+        if self.clock is None:
+            return 0.0
+        self.clock.run(merge(self.network.all_gather_object(self.network.traffic.take())))
+        return self.clock.time
 
     def evaluate_average(self, mean_params: torch.Tensor) -> dict[str, float]:
         """The averaged model ``x̄`` (float buffers averaged too) on the held-out data."""

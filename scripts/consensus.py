@@ -1,7 +1,7 @@
 """The consensus study of the PowerGossip paper (Figure 1): pure gossip, no gradients.
 
     python scripts/consensus.py --data random|structured --workers 8 --topology ring --steps N \\
-        --algorithms dpsgd,powergossip,powergossip-random --out DIR
+        --algorithms dpsgd,powergossip,powergossip-random [--link-drop 0,0.1,0.3] --out DIR
 
 Each worker starts from its own 100×100 matrix — standard normal (``random``) or a crop of a real
 photograph (``structured``: matplotlib's sample image of Grace Hopper, in grey; the paper used
@@ -10,7 +10,9 @@ photograph (``structured``: matplotlib's sample image of Grace Hopper, in grey; 
 ``1/n Σ ‖x_i − x̄‖²_F``, step 0 included) and ``DIR/consensus.png`` when matplotlib is installed.
 The runs go through the real network and algorithm classes, so the script also works under
 torchrun. A label ``name@gamma`` overrides an algorithm's consensus step size; ``--sweep`` tries a
-log grid of step sizes for every label that has one and keeps the best.
+log grid of step sizes for every label that has one and keeps the best. ``--link-drop`` runs every
+label once per probability that an edge is down in a round (``faults.link_drop``), labelled
+``label link_drop=p`` when a probability is not 0.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import topologies
 from gossip.algorithms import ALGORITHMS
 from gossip.config import OptimizerConfig
 from gossip.distributed import Placement, join, leave
+from gossip.faults import LinkFaults
 from gossip.network import Network
 from gossip.seeding import generator
 from gossip.worker import Worker
@@ -97,10 +100,13 @@ def parse_label(text: str) -> tuple[str, str, dict]:
 
 
 def run(label: str, name: str, options: dict, starts: list[torch.Tensor], topology: topologies.Topology,
-        placement: Placement, steps: int, seed: int, progress: bool) -> list[tuple[int, float, float]]:
-    """Gossip from ``starts`` for ``steps`` rounds; returns ``(step, bytes_per_worker, error)`` rows."""
+        placement: Placement, steps: int, seed: int, progress: bool,
+        link_drop: float = 0.0) -> list[tuple[int, float, float]]:
+    """Gossip from ``starts`` for ``steps`` rounds, each edge down with probability ``link_drop`` in
+    every round; returns ``(step, bytes_per_worker, error)`` rows."""
     options_class, algorithm_class = ALGORITHMS.entries[name]
     network = Network(len(starts), placement.rank, placement.world_size)
+    network.faults = LinkFaults(link_drop, seed) if link_drop else None
     workers = [Worker(i, Matrix(starts[i]), OptimizerConfig(lr=1.0), seed) for i in network.local_workers]
     algorithm = algorithm_class(topology, network, workers, options=options_class(name=name, **options), seed=seed)
     rows = [(0, 0.0, consensus_error(network, workers))]
@@ -147,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algorithms", default="dpsgd,powergossip,powergossip-random",
                         help=f"comma-separated labels, optionally label@gamma; known: {', '.join(LABELS)}")
     parser.add_argument("--sweep", action="store_true", help="try step sizes 1e-3..1 and keep the best per label")
+    parser.add_argument("--link-drop", default="0", metavar="P[,P...]",
+                        help="comma-separated probabilities that an edge is down in a round (default 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -160,18 +168,31 @@ def main(argv: list[str] | None = None) -> int:
     starts = starting_matrices(args.data, args.workers, args.seed)
     progress = placement.rank == 0
     results = {}
-    for text in args.algorithms.split(","):
+    try:
+        drops = [float(p) for p in args.link_drop.split(",")]
+    except ValueError:
+        parser.error(f"--link-drop {args.link_drop}: expected comma-separated probabilities, e.g. 0,0.1,0.3")
+    if not all(0 <= p < 1 for p in drops):
+        parser.error(f"--link-drop {args.link_drop}: every probability must be >= 0 and < 1")
+    for text, drop in [(text, drop) for text in args.algorithms.split(",") for drop in drops]:
         label, name, options = parse_label(text.strip())
         if name not in ALGORITHMS.entries:
             raise SystemExit(f"error: algorithm {name!r} is not available")
+        try:
+            ALGORITHMS.implementation(name).check_link_drop(drop, name)
+        except ValueError as exc:
+            raise SystemExit(f"error: --link-drop {drop:g}: {str(exc).partition(': ')[2]}") from None
+        label = f"{label} link_drop={drop:g}" if drop else label
         if args.sweep and "gamma" in options:
-            trials = {g: run(label, name, {**options, "gamma": g}, starts, topology, placement, args.steps, args.seed, False)
+            trials = {g: run(label, name, {**options, "gamma": g}, starts, topology, placement, args.steps, args.seed,
+                             False, drop)
                       for g in tqdm(SWEEP, desc=f"sweep {label}", disable=not progress)}
             best = min(trials, key=lambda g: _final(trials[g]))
             label = f"{label}@{best:.3g}"
             results[label] = trials[best]
         else:
-            results[label] = run(label, name, options, starts, topology, placement, args.steps, args.seed, progress)
+            results[label] = run(label, name, options, starts, topology, placement, args.steps, args.seed, progress,
+                                 drop)
         if progress:
             print(f"{label:28s} relative error after {args.steps} steps: "
                   f"{results[label][-1][2] / results[label][0][2]:.3g}", file=sys.stderr)

@@ -1,10 +1,10 @@
-"""Plot runs side by side: ``python scripts/plot.py RUN_DIR [RUN_DIR ...] --out FIG.png``, or a
-sweep's configurations: ``python scripts/plot.py --sweep DIR --out FIG.png [--x step|bytes_per_worker]
-[--y eval_loss] [--band minmax|std]``.
+"""Plot runs side by side: ``python scripts/plot.py RUN_DIR [RUN_DIR ...] --out FIG.png
+[--x step|bytes_per_worker|sim_time_s]``, or a sweep's configurations: ``python scripts/plot.py
+--sweep DIR --out FIG.png [--x ...] [--y eval_loss] [--band minmax|std]``.
 
-Runs: four panels from each run's ``metrics.jsonl``: training loss against steps, the averaged
-model's evaluation metric against steps and against bytes sent per worker, and the consensus
-distance. The legend names each run by its algorithm and the options it changed (from its
+Runs: four panels from each run's ``metrics.jsonl``: training loss, the averaged model's evaluation
+metric and the consensus distance against ``--x`` (steps by default; ``sim_time_s``, the simulated
+time of runs with a ``network`` section; or bytes sent per worker), and the metric against bytes. The legend names each run by its algorithm and the options it changed (from its
 ``config.yaml``).
 
 A sweep (the directory ``python -m gossip.sweep`` wrote): one line per configuration (row label
@@ -27,6 +27,9 @@ import yaml
 
 from gossip.algorithms import ALGORITHMS
 from gossip.sweeptables import read_csv, read_records
+
+#: The x axes a plot can have, and their labels.
+X_AXES = {"step": "step", "bytes_per_worker": "bytes sent per worker", "sim_time_s": "simulated time (s)"}
 
 
 def load_run(run_dir: Path) -> tuple[str, list[dict]]:
@@ -97,7 +100,7 @@ def plot_sweep(plt, args: argparse.Namespace) -> None:
         if xs:
             (line,) = ax.plot(xs, means, label=f"{label} ({len(seeds)} seeds)")
             ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("bytes sent per worker" if args.x == "bytes_per_worker" else "step")
+    ax.set_xlabel(X_AXES[args.x])
     ax.set_ylabel(f"{args.y} (mean over seeds; band: {'min to max' if args.band == 'minmax' else '± std'})")
     if args.x == "bytes_per_worker":
         ax.set_xscale("log")
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR")
     parser.add_argument("--sweep", type=Path, metavar="DIR", help="a sweep directory: its configurations with bands")
     parser.add_argument("--out", type=Path, required=True, metavar="FIG.png")
-    parser.add_argument("--x", choices=("step", "bytes_per_worker"), default="step", help="with --sweep: the x axis")
+    parser.add_argument("--x", choices=tuple(X_AXES), default="step",
+                        help="the x axis: steps, bytes sent per worker or simulated time (runs with a network)")
     parser.add_argument("--y", default="eval_loss", help="with --sweep: the metric to plot (default eval_loss)")
     parser.add_argument("--band", choices=("minmax", "std"), default="minmax",
                         help="with --sweep: the band over seeds, min to max (default) or mean ± std")
@@ -136,17 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     labels = [label for label, _ in runs]
     if len(set(labels)) < len(labels):
         labels = [f"{label} ({run_dir.name})" for label, run_dir in zip(labels, args.runs)]
+    for run_dir, (_, records) in zip(args.runs, runs):
+        if args.x not in records[-1]:
+            print(f"error: {run_dir} has no {args.x} (sim_time_s needs a network section)", file=sys.stderr)
+            return 2
     metric = metric_key(runs[0][1])
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    panels = [(axes[0, 0], "step", "train_loss", False), (axes[0, 1], "step", metric, False),
-              (axes[1, 0], "bytes_per_worker", metric, True), (axes[1, 1], "step", "consensus_distance", False)]
+    log_x = args.x == "bytes_per_worker"
+    panels = [(axes[0, 0], args.x, "train_loss", log_x), (axes[0, 1], args.x, metric, log_x),
+              (axes[1, 0], "bytes_per_worker", metric, True), (axes[1, 1], args.x, "consensus_distance", log_x)]
     for ax, x_key, y_key, log_x in panels:
         for label, (_, records) in zip(labels, runs):
             points = [(r[x_key], r[y_key]) for r in records if y_key in r and x_key in r]
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, label=label)
-        ax.set_xlabel("bytes sent per worker" if x_key == "bytes_per_worker" else "step")
+        ax.set_xlabel(X_AXES[x_key])
         ax.set_ylabel(y_key)
         if log_x:
             ax.set_xscale("log")

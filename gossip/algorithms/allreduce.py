@@ -29,10 +29,15 @@ class AllReduceOptions:
 
 class AllReduce(Algorithm):
     Options = AllReduceOptions
+    link_drop_refusal = "averages with a collective, which has no gossip links to drop"
 
     @classmethod
     def bytes_per_step(cls, options: AllReduceOptions, shapes: list[torch.Size], topology: Topology, worker: int) -> int:
         return 2 * (topology.n - 1) * 4 * sum(math.prod(shape) for shape in shapes) // topology.n
+
+    @classmethod
+    def step_events(cls, options: AllReduceOptions) -> tuple[str, ...]:
+        return ("compute", "collective")
 
     def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
         compute_gradients()

@@ -34,6 +34,9 @@ class Algorithm(ABC):
     Options: type
     #: True for an algorithm whose state is tied to one fixed W (a time-varying topology is refused).
     requires_static: bool = False
+    #: Why the algorithm cannot stay correct when a message is dropped (``faults.link_drop``), or
+    #: None for one that handles a down edge.
+    link_drop_refusal: str | None = "does not say how it stays correct when a message is dropped"
 
     def __init__(self, topology: Topology | Schedule, network: Network, workers: list[Worker],
                  options: Any = None, seed: int = 0) -> None:
@@ -44,6 +47,8 @@ class Algorithm(ABC):
         self.seed = seed
         self.optimizer_s = 0.0  # wall time spent in the local optimizer steps (not gossip)
         self.check_topology(self.schedule, self.options.name)
+        if network.faults is not None:
+            self.check_link_drop(network.faults.link_drop, self.options.name)
 
     @classmethod
     def check_topology(cls, schedule: Schedule, name: str) -> None:
@@ -51,6 +56,18 @@ class Algorithm(ABC):
         if cls.requires_static and not schedule.is_static:
             raise ValueError(f"name: {name} keeps state mixed with one fixed W and needs a static "
                              f"topology; {schedule!r} changes every step")
+
+    @classmethod
+    def check_link_drop(cls, link_drop: float, name: str) -> None:
+        """Refuse ``faults.link_drop > 0`` with one line saying why, unless the algorithm handles it."""
+        if link_drop > 0 and cls.link_drop_refusal is not None:
+            raise ValueError(f"link_drop: {name} {cls.link_drop_refusal}, so it needs link_drop 0")
+
+    @classmethod
+    def step_events(cls, options: Any) -> tuple[str, ...]:
+        """What one step does, in order, for the simulated clock's dry run: ``"compute"`` (the
+        gradients), ``"round"`` (a gossip round), ``"collective"`` (an all-reduce)."""
+        return ("compute", "round")
 
     @abstractmethod
     def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
@@ -95,6 +112,11 @@ class Algorithm(ABC):
         compute_gradients()
         self.local_step(lr)
 
+    def surviving(self, topology: Topology, t: int, round_index: int = 0) -> Topology:
+        """``topology`` without the edges that are down in this round (:mod:`gossip.faults`)."""
+        faults = self.network.faults
+        return topology if faults is None else faults.surviving(topology, t, round_index)
+
     def send_to_neighbours(self, topology: Topology, messages: dict[int, torch.Tensor]) -> PendingRound:
         """Send each local worker's ``messages[i]`` to all its neighbours; every worker's message
         has the same size and dtype (the models are identical), which sizes the receive buffers."""
@@ -135,6 +157,10 @@ class GossipAlgorithm(Algorithm):
     A subclass says how its exchange starts (:meth:`start_gossip`, from the current parameters)
     and how what arrives is applied (:meth:`finish_gossip`, in place).
     """
+
+    @classmethod
+    def step_events(cls, options: Any) -> tuple[str, ...]:
+        return ("round", "compute") if options.order == "overlap" else ("compute", "round")
 
     def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
         topology = self.schedule(t)

@@ -38,6 +38,8 @@ class ChocoOptions(CodecOptions):
 class Choco(CompressedAlgorithm):
     Options = ChocoOptions
     requires_static = True
+    link_drop_refusal = ("sums its neighbours' public copies from every message they send; one lost "
+                         "message leaves those sums wrong for good")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -8,7 +8,9 @@ g_i)`` in ``step_first``, the DeepSqueeze paper's own form):
     δ_i  = v_i − c_i                                      # the error memory
     x_i += γ Σ_{j∈N(i)∪{i}} (w_ij − [i = j]) c_j
 
-and in the ``overlap`` order the local step ``opt_i(·, g_i(x_i^t))`` follows.
+and in the ``overlap`` order the local step ``opt_i(·, g_i(x_i^t))`` follows. A message is used in
+the step it is sent and nowhere else, so an edge that is down (``faults.link_drop``) simply drops
+out of that step's sum: its weight moves onto the self-weights, as in D-PSGD.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class DeepSqueezeOptions(CodecOptions):
 
 class DeepSqueeze(CompressedAlgorithm):
     Options = DeepSqueezeOptions
+    link_drop_refusal = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -41,12 +44,13 @@ class DeepSqueeze(CompressedAlgorithm):
 
     def start_gossip(self, t: int, topology: Topology) -> tuple[dict[int, torch.Tensor], PendingMessages]:
         compensated = {w.id: w.params + self.error[w.id] for w in self.workers}
-        return compensated, self.gossip.start(topology, t, compensated)
+        return compensated, self.gossip.start(self.surviving(topology, t), t, compensated)
 
     def finish_gossip(self, t: int, topology: Topology,
                       pending: tuple[dict[int, torch.Tensor], PendingMessages]) -> None:
         compensated, messages = pending
         own, inbox = messages.wait()
+        topology = self.surviving(topology, t)
         for w in self.workers:
             torch.sub(compensated[w.id], own[w.id], out=self.error[w.id])
             w.params.add_(self.mix(topology, w.id, own[w.id], inbox) - own[w.id], alpha=self.options.gamma)

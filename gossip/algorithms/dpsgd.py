@@ -4,7 +4,8 @@
     step_first:  x_i^{t+½} = opt_i(x_i^t, g_i);  x_i^{t+1} = Σ_j w_ij x_j^{t+½}
 
 In the ``overlap`` order the gossip of ``x^t`` is posted before the backward pass and awaited
-after it, so that the messages travel while the gradients are computed.
+after it, so that the messages travel while the gradients are computed. An edge that is down
+(``faults.link_drop``) carries nothing and its weight moves onto the two endpoints' self-weights.
 """
 
 from __future__ import annotations
@@ -30,16 +31,18 @@ class DPSGDOptions(GossipOptions):
 
 class DPSGD(GossipAlgorithm):
     Options = DPSGDOptions
+    link_drop_refusal = None
 
     @classmethod
     def bytes_per_step(cls, options: DPSGDOptions, shapes: list[torch.Size], topology: Topology, worker: int) -> int:
         return topology.degree(worker) * 4 * sum(math.prod(shape) for shape in shapes)
 
     def start_gossip(self, t: int, topology: Topology) -> PendingRound:
-        return self.send_to_neighbours(topology, {w.id: w.params for w in self.workers})
+        return self.send_to_neighbours(self.surviving(topology, t), {w.id: w.params for w in self.workers})
 
     def finish_gossip(self, t: int, topology: Topology, pending: PendingRound) -> None:
         inbox = pending.wait()
+        topology = self.surviving(topology, t)
         mixed = [self.mix(topology, w.id, w.params, inbox) for w in self.workers]
         for w, y in zip(self.workers, mixed):
             w.params.copy_(y)

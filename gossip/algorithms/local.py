@@ -22,10 +22,15 @@ class LocalOptions:
 
 class Local(Algorithm):
     Options = LocalOptions
+    link_drop_refusal = "sends no messages, so there is no link to drop"
 
     @classmethod
     def bytes_per_step(cls, options: LocalOptions, shapes: list[torch.Size], topology: Topology, worker: int) -> int:
         return 0
+
+    @classmethod
+    def step_events(cls, options: LocalOptions) -> tuple[str, ...]:
+        return ("compute",)
 
     def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
         self.gradient_step(lr, compute_gradients)

@@ -9,7 +9,9 @@ centred modulo into ``[−a/2, a/2)``, the gossip of a vector ``x_i`` (``x_i^t``
     x̂_{j|i} = cmod_B(B q_j − x_i) + x_i                # exact up to B·δ while |x_j − x_i| < θ
     x_i += γ Σ_{j∈N(i)} w_ij (x̂_{j|i} − (x_i + ê_i))
 
-and in the ``overlap`` order the local step ``opt_i(·, g_i(x_i^t))`` follows, as in D-PSGD.
+and in the ``overlap`` order the local step ``opt_i(·, g_i(x_i^t))`` follows, as in D-PSGD. A message
+is used in the step it is sent and nowhere else, so an edge that is down (``faults.link_drop``)
+simply drops out of that step's sum.
 """
 
 from __future__ import annotations
@@ -59,15 +61,17 @@ def neighbour_offset(received: torch.Tensor, own: torch.Tensor, modulus: float) 
 
 class Moniqua(CompressedAlgorithm):
     Options = MoniquaOptions
+    link_drop_refusal = None
 
     def start_gossip(self, t: int, topology: Topology) -> tuple[dict[int, torch.Tensor], PendingMessages]:
         residues = {w.id: centred_mod(w.params / self.options.modulus, 1.0) for w in self.workers}
-        return residues, self.gossip.start(topology, t, residues)
+        return residues, self.gossip.start(self.surviving(topology, t), t, residues)
 
     def finish_gossip(self, t: int, topology: Topology,
                       pending: tuple[dict[int, torch.Tensor], PendingMessages]) -> None:
         residues, messages = pending
         own, inbox = messages.wait()
+        topology = self.surviving(topology, t)
         modulus = self.options.modulus
         for w in self.workers:
             x = w.params

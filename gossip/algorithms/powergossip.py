@@ -8,6 +8,11 @@ projection per matrix parameter, and each worker applies the rank-``r`` approxim
 ``x_j − x_i`` from all its neighbours at once. Tensors with one dimension (and matrices below
 ``min_compress_size``) are gossiped uncompressed, once per step, as in D-PSGD. No
 hyperparameter beyond the number of rounds.
+
+An edge that is down in a round (``faults.link_drop``) is skipped on both ends: each end uses its
+own message in place of the missing one, so the edge's difference is zero, the parameters get no
+update from it (the uncompressed entries keep its weight on the self-weight), and both ends set the
+edge's shared vector to the same zero difference (the normalised ones vector in the next round).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class PowerGossipOptions(GossipOptions):
 class PowerGossip(GossipAlgorithm):
     Options = PowerGossipOptions
     requires_static = True  # one power iteration per edge of one fixed graph
+    link_drop_refusal = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -68,24 +74,33 @@ class PowerGossip(GossipAlgorithm):
         floats = options.iterations * per_round_pair / 2 + plan.dense_index.numel()
         return topology.degree(worker) * 4 * floats
 
+    @classmethod
+    def step_events(cls, options: PowerGossipOptions) -> tuple[str, ...]:
+        return ("compute",) + ("round",) * options.iterations
+
     def start_gossip(self, t: int, topology: Topology) -> None:
         """Nothing is posted ahead: each round's messages depend on the previous round."""
 
     def finish_gossip(self, t: int, topology: Topology, pending: None) -> None:
-        self.gossip_rounds()
+        self.gossip_rounds(t)
 
-    def gossip_rounds(self) -> None:
+    def gossip_rounds(self, t: int = 0) -> None:
         """A step's ``iterations`` rounds: the first also mixes the uncompressed entries, each but the
         last makes the next one's messages in its update pass."""
         for round_index in range(self.options.iterations):
-            self.gossip_round(with_dense=round_index == 0, prefetch=round_index + 1 < self.options.iterations)
+            self.gossip_round(with_dense=round_index == 0, prefetch=round_index + 1 < self.options.iterations,
+                              t=t, round_index=round_index)
 
-    def gossip_round(self, with_dense: bool, prefetch: bool = False) -> None:
+    def gossip_round(self, with_dense: bool, prefetch: bool = False, t: int = 0, round_index: int = 0) -> None:
         """One compressed round for all local workers; the first round of a step also mixes the
         uncompressed entries, which ride along at the end of every message. Each worker's messages
         leave as soon as they are projected, and each worker is updated as soon as its neighbours'
         messages are in (:meth:`Network.pipelined`); with ``prefetch`` (another round without the
-        uncompressed entries follows) the update pass also makes that round's messages."""
+        uncompressed entries follows) the update pass also makes that round's messages. ``t`` and
+        ``round_index`` name the round for the link faults."""
+        faults = self.network.faults
+        up = {w.id: [faults is None or not faults.down(t, round_index, w.id, j) for j in self.edges[w.id]]
+              for w in self.workers}
         dense_index = self.plan.dense_index
         dense = {w.id: w.params.index_select(0, dense_index) for w in self.workers} if with_dense else {}
         extra = dense_index.numel() if with_dense else 0
@@ -95,16 +110,18 @@ class PowerGossip(GossipAlgorithm):
             sent[worker] = self.neighbourhoods[worker].project(extra)
             if with_dense:
                 sent[worker][:, sent[worker].shape[1] - extra:] = dense[worker]
-            return {(worker, j): row for j, row in zip(self.edges[worker], sent[worker])}
+            return {(worker, j): row for j, row, on in zip(self.edges[worker], sent[worker], up[worker]) if on}
 
         width = self.plan.projection_floats(self.neighbourhoods[self.workers[0].id].side) + extra
-        expected = {(j, w.id): (width, torch.float32) for w in self.workers for j in self.edges[w.id]}
+        expected = {(j, w.id): (width, torch.float32) for w in self.workers
+                    for j, on in zip(self.edges[w.id], up[w.id]) if on}
         by_id = {w.id: w for w in self.workers}
         for worker, inbox in self.network.pipelined(messages_of, expected):
             neighbours = list(self.edges[worker])
             if not neighbours:
                 continue
-            received = torch.stack([inbox[(j, worker)] for j in neighbours])
+            received = torch.stack([inbox[(j, worker)] if on else own
+                                    for j, on, own in zip(neighbours, up[worker], sent[worker])])
             self.neighbourhoods[worker].update(sent[worker], received, prefetch)
             if with_dense:
                 mixed = torch.addmv(dense[worker], received[:, width - extra:].T, self.neighbourhoods[worker].weights,
