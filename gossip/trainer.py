@@ -143,7 +143,7 @@ class Trainer:
                 if stop:
                     self.stop_signal = stop
                     break
-                if checkpoint_due and self.saved_step != self.step:
+                if checkpoint_due and self.step and self.saved_step != self.step:
                     self.save_checkpoint()
                 self.train_step()
                 if self.step % self.finite_check_every == 0:
