@@ -4,56 +4,131 @@ Layout under ``RUN_DIR/checkpoints/``::
 
     step_00000100/worker_00003.pt   one file per worker (its state is per worker, not per process,
                                     so a run can resume with a different number of processes)
-    step_00000100/manifest.json     written last: step, workers, size and SHA-256 of every file
+    step_00000100/digests_00001.json  size and SHA-256 of the files that process 1 wrote
+    step_00000100/manifest.json     written last, by process 0, once every worker's file is
+                                    there: step, workers, size and SHA-256 of every file
     latest.json                     names the latest complete checkpoint
 
-Each file is written to a temporary name, flushed and renamed. Loading walks the checkpoints from
-the newest, refuses (with one line) any whose files do not match their manifest, and uses the
-newest complete one. Files load with ``torch.load(weights_only=True)``: they cannot run code.
+A checkpoint is complete (listed, loadable) once its manifest exists. The files are written in the
+background (:class:`Writer`), each to a temporary name, flushed and renamed. Loading walks the
+checkpoints from the newest, refuses (with one line) any whose files do not match their manifest,
+and uses the newest complete one. Files load with ``torch.load(weights_only=True)``: they cannot run code.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gossip.network import Network
-
 DIRECTORY = "checkpoints"
-KEEP = 2
 
 
 def worker_file(worker: int) -> str:
     return f"worker_{worker:05d}.pt"
 
 
-def save(run_dir: Path, step: int, states: dict[int, dict[str, Any]], network: Network) -> Path:
-    """Write this process's worker ``states`` for ``step``; process 0 completes the checkpoint."""
-    root = run_dir / DIRECTORY
-    directory = root / f"step_{step:08d}"
-    directory.mkdir(parents=True, exist_ok=True)
-    digests = {}
-    for worker, state in states.items():
-        path = directory / worker_file(worker)
-        _atomic_write(path, lambda f, s=state: torch.save(s, f))
-        digests[path.name] = _digest(path)
-    digests = {k: v for part in network.all_gather_object(digests) for k, v in part.items()}
-    if network.rank == 0:
-        if len(digests) != network.n:
-            raise RuntimeError(f"checkpoint step {step}: {len(digests)} worker files for {network.n} workers")
-        manifest = {"step": step, "workers": network.n, "files": dict(sorted(digests.items()))}
-        _atomic_write(directory / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-        _atomic_write(root / "latest.json", lambda f: f.write(json.dumps({"step": step, "dir": directory.name}).encode()))
-        for old in complete_checkpoints(root)[KEEP:]:
-            shutil.rmtree(old, ignore_errors=True)
-    return directory
+def snapshot(value: Any) -> Any:
+    """A copy of a worker state that training cannot change: every tensor cloned to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(v) for v in value)
+    return copy.deepcopy(value)
+
+
+class Writer:
+    """Writes checkpoints in a background thread, one at a time.
+
+    :meth:`save` copies the states (the only time a step waits, besides a previous checkpoint that
+    is still being written) and returns. Every process writes its workers' files and then a
+    ``digests_RANK.json``; process 0 waits (up to ``timeout_s``) for every worker's digest, writes
+    the manifest (which makes the checkpoint complete), ``latest.json``, and deletes the complete
+    checkpoints beyond the newest ``keep`` (0: keeps all)."""
+
+    def __init__(self, run_dir: Path, rank: int, workers: int, keep: int, timeout_s: float) -> None:
+        self.root = run_dir / DIRECTORY
+        self.rank, self.workers, self.keep, self.timeout_s = rank, workers, keep, timeout_s
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, step: int, states: dict[int, dict[str, Any]]) -> None:
+        """Copy this process's worker ``states`` for ``step`` and write them in the background."""
+        self.wait()
+        copied = snapshot(states)
+        self._thread = threading.Thread(target=self._write, args=(step, copied), daemon=True,
+                                        name=f"checkpoint-{step}")
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the checkpoint being written (re-raising its error); False if still writing."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return True
+
+    def _write(self, step: int, states: dict[int, dict[str, Any]]) -> None:
+        try:
+            directory = self.root / f"step_{step:08d}"
+            directory.mkdir(parents=True, exist_ok=True)
+            digests = {}
+            for worker, state in states.items():
+                path = directory / worker_file(worker)
+                atomic_write(path, lambda f, s=state: torch.save(s, f))
+                digests[path.name] = _digest(path)
+            atomic_write(directory / f"digests_{self.rank:05d}.json", lambda f: f.write(json.dumps(digests).encode()))
+            if self.rank == 0:
+                self._complete(directory, step)
+        except BaseException as exc:  # re-raised by wait() in the training thread
+            self._error = exc
+
+    def _complete(self, directory: Path, step: int) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while len(files := _gathered_digests(directory)) < self.workers:
+            if time.monotonic() > deadline:
+                print(f"warning: checkpoint {directory.name} stays incomplete: {len(files)} of {self.workers} "
+                      f"worker files after {self.timeout_s:g} s", file=sys.stderr)
+                return
+            time.sleep(0.05)
+        manifest = {"step": step, "workers": self.workers, "files": dict(sorted(files.items()))}
+        atomic_write(directory / "manifest.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        atomic_write(self.root / "latest.json",
+                      lambda f: f.write(json.dumps({"step": step, "dir": directory.name}).encode()))
+        if self.keep:
+            for old in complete_checkpoints(self.root)[self.keep:]:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _gathered_digests(directory: Path) -> dict[str, Any]:
+    """The worker files' digests that the processes have written so far into ``directory``."""
+    files: dict[str, Any] = {}
+    for part in directory.glob("digests_*.json"):
+        files.update(json.loads(part.read_text()))
+    return files
+
+
+def remove_after(run_dir: Path, step: int) -> None:
+    """Delete the checkpoint directories after ``step`` (refused or incomplete ones, when a run
+    continues from ``step``; all of them for ``step`` -1), so that none is mistaken for a new one."""
+    for directory in (run_dir / DIRECTORY).glob("step_*"):
+        if int(directory.name.removeprefix("step_")) > step:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -109,7 +184,7 @@ def _digest(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Write through ``write(file)`` to a temporary file, flush it to disk, then rename."""
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(temporary, "wb") as f:

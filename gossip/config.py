@@ -85,6 +85,8 @@ class TrainConfig:
     batch_size: int = option(32, help="batch size per worker", ge=1)
     eval_every: int = option(100, help="measure and log every this many steps", ge=1)
     checkpoint_every: int = option(0, help="save a checkpoint every this many steps (0: only at the end)", ge=0)
+    checkpoint_every_s: float = option(0.0, help="also save a checkpoint when this many seconds of wall time "
+                                                 "passed since the last one (0: off)", ge=0)
     local_eval: bool = option(True, help="also evaluate every worker's own model (mean and std)")
 
 
@@ -95,6 +97,10 @@ class RunDirConfig:
     dir: str = option("runs/default", help="run directory")
     timeout_s: float = option(600.0, help="a process that does not answer within this many seconds "
                                           "is reported lost and the run stops", gt=0)
+    resume: Literal["auto", "never"] = option(
+        "auto", help="auto: a run directory holding this config continues from its newest complete "
+                     "checkpoint; never: a new directory (DIR-2, ...) is used, or an explicit --run-dir is refused")
+    keep_checkpoints: int = option(2, help="keep the newest this many complete checkpoints (0: keep all)", ge=0)
 
 
 @dataclass

@@ -53,7 +53,13 @@ def join(backend: str = "auto", timeout_s: float = 300.0) -> Placement:
     if world_size == 1:
         return Placement(0, 1, 0, None, device)
     if not dist.is_initialized():
-        kwargs = {"device_id": device} if device_type == "cuda" else {}
+        kwargs: dict = {"device_id": device} if device_type == "cuda" else {}
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if restart != "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True):
+            # torchrun's store outlives a restart and still holds the failed group's addresses
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                                  is_master=False, timeout=datetime.timedelta(seconds=timeout_s))
+            kwargs.update(store=dist.PrefixStore(f"gossip/restart_{restart}/", store), rank=rank, world_size=world_size)
         dist.init_process_group(name, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     heartbeat = Heartbeat(dist.distributed_c10d._get_default_store(), rank)
     return Placement(rank, world_size, local_rank, name, device, heartbeat)

@@ -2,8 +2,10 @@
 or ``python -m gossip.train --resume RUN_DIR [--set train.steps=N]``.
 
 The same flags work under ``torchrun``: every process reads the same config, hosts its block of
-workers, and process 0 writes the run directory's ``config.yaml`` and ``metrics.jsonl``. SIGTERM
-or SIGINT stops the run after the current step with a checkpoint.
+workers, and process 0 writes the run directory's ``config.yaml`` and ``metrics.jsonl``. With
+``run.resume: auto`` a command whose run directory holds the same run continues it from its newest
+complete checkpoint (so torchrun's restarts continue). SIGTERM or SIGINT stops the run after the
+current step with a checkpoint (SIGTERM then exits with :data:`STOPPED_BY_SIGTERM`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch.distributed as dist
 
@@ -26,12 +28,20 @@ from gossip.config import Config, ConfigError
 from gossip.distributed import Placement, join, leave, loss_linger_s
 from gossip.network import Network, NetworkError, PeerLostError
 from gossip.simclock import SimClock, planned_step
+from gossip.sweepfile import format_value
 from gossip.algorithms import ALGORITHMS
 from gossip.tasks import TASKS, DataError
 from gossip.trainer import NonFiniteError, Trainer
 
+T = TypeVar("T")
+
 # Keys that may change when a run is resumed; everything else is the run's own.
-RESUMABLE = ("train.steps", "train.epochs", "train.eval_every", "train.checkpoint_every", "run.timeout_s", "backend")
+RESUMABLE = ("train.steps", "train.epochs", "train.eval_every", "train.checkpoint_every", "train.checkpoint_every_s",
+             "run.timeout_s", "run.resume", "run.keep_checkpoints", "backend")
+
+#: The exit status after a SIGTERM stopped the run with a checkpoint (128 + SIGTERM, as a shell
+#: reports a process ended by it): non-zero, so that torchrun's ``--max-restarts`` restarts the job.
+STOPPED_BY_SIGTERM = 128 + signal.SIGTERM
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -102,16 +112,19 @@ def run(args: argparse.Namespace, config: Config, placement: Placement) -> int:
             print(plan(config, placement))
         return 0
     trainer = Trainer(config, network, progress=not args.no_progress)  # reads the data: fails before any file
-    if args.resume is not None:
-        run_dir = args.resume
-    else:
-        run_dir = choose_run_dir(Path(config.run.dir), explicit=args.run_dir is not None, placement=placement)
-    if run_dir is None:
+    decided = decided_by_process_0(lambda: decide_start(config, args.resume, explicit=args.run_dir is not None),
+                                   placement)
+    if decided is None:
         return 2
+    run_dir, resume_from = decided
     trainer.run_dir = run_dir
-    if args.resume is not None and not restore(trainer, run_dir, placement):
-        return 2
+    if resume_from is not None:
+        trainer.restore(run_dir / checkpoint.DIRECTORY / resume_from)
     if placement.rank == 0:
+        keep_metrics_until(trainer)
+        if resume_from is not None:
+            print(f"resuming {run_dir} from step {trainer.step} (checkpoint {run_dir / checkpoint.DIRECTORY / resume_from})",
+                  file=sys.stderr)
         (run_dir / "config.yaml").write_text(config_module.dump(config))
         trainer.task.save(run_dir)
     start = time.perf_counter()
@@ -127,10 +140,11 @@ def run(args: argparse.Namespace, config: Config, placement: Placement) -> int:
         return 3
     if placement.rank == 0:
         if trainer.step < trainer.total_steps:
-            print(f"stopped at step {trainer.step} with a checkpoint; continue with --resume {run_dir}")
+            print(f"stopped at step {trainer.step} with a checkpoint ({signal.Signals(trainer.stop_signal).name}); "
+                  f"the same command, or --resume {run_dir}, continues it")
         else:
             print(summary(record, trainer, time.perf_counter() - start, run_dir))
-    return 0
+    return STOPPED_BY_SIGTERM if trainer.stop_signal == signal.SIGTERM else 0
 
 
 def check_same_config(config: Config, placement: Placement) -> None:
@@ -157,38 +171,82 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def restore(trainer: Trainer, run_dir: Path, placement: Placement) -> bool:
-    """Load the newest complete checkpoint (found by process 0) and drop the metrics written after
-    it, and the closing record of the stopped run if it fell off the ``eval_every`` grid."""
-    choice: list[str | None] = [None]
+def decide_start(config: Config, resume: Path | None, explicit: bool) -> tuple[Path, str | None]:
+    """Process 0's choice of the run directory and of the checkpoint to continue from (None: from
+    step 0). ``--resume DIR`` continues DIR. Otherwise, with ``run.resume: auto``, a directory that
+    holds this run (:func:`check_same_run`) continues from its newest complete checkpoint, or starts
+    over when it has none; any other directory, or ``run.resume: never``, gets a fresh run
+    (:func:`fresh_run_dir`). Checkpoints after the one continued from are deleted."""
+    requested = resume if resume is not None else Path(config.run.dir)
+    if resume is None and (config.run.resume == "never" or not (requested / "config.yaml").is_file()):
+        return fresh_run_dir(requested, explicit), None
+    if resume is None:
+        check_same_run(requested, config)
+    found = checkpoint.find_latest(requested)
+    if found is None and resume is not None:
+        raise ConfigError(f"{requested} has no complete checkpoint to resume from")
+    checkpoint.remove_after(requested, -1 if found is None else checkpoint.manifest_step(found))
+    if found is None:
+        print(f"run directory: {requested} (this config, no complete checkpoint: starting over)", file=sys.stderr)
+        return requested, None
+    return requested, found.name
+
+
+def check_same_run(run_dir: Path, config: Config) -> None:
+    """Raise a one-line :class:`ConfigError` naming the first key (but ``run.dir`` and the
+    :data:`RESUMABLE` ones) whose value in ``run_dir/config.yaml`` differs from ``config``'s."""
+    fix = "set run.resume: never or use another run.dir"
+    try:
+        saved = _flatten(config_module.to_dict(config_module.load(run_dir / "config.yaml")))
+    except ConfigError as exc:
+        raise ConfigError(f"{run_dir} holds a run whose config cannot be read ({exc}); {fix}") from None
+    wanted = _flatten(config_module.to_dict(config))
+    for key in [*wanted, *(k for k in saved if k not in wanted)]:
+        if key not in RESUMABLE and key != "run.dir" and (key in saved, saved.get(key)) != (key in wanted, wanted.get(key)):
+            raise ConfigError(f"{run_dir} holds a run with {key}={_shown(saved, key)}; "
+                              f"this config has {_shown(wanted, key)} ({fix})")
+
+
+def _shown(flat: dict[str, Any], key: str) -> str:
+    return format_value(flat[key]) if key in flat else "(no such key)"
+
+
+def keep_metrics_until(trainer: Trainer) -> None:
+    """Exactly once: keep the records of ``metrics.jsonl`` up to the step that the run continues
+    from (none when it starts over), but a closing record off the ``eval_every`` grid that the run
+    will log again; rewritten through a temporary file."""
+    metrics = trainer.run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return
+    every = trainer.config.train.eval_every
+    kept = [line for line in metrics.read_text().splitlines()
+            if (step := json.loads(line)["step"]) <= trainer.step and (step % every == 0 or step == trainer.total_steps)]
+    checkpoint.atomic_write(metrics, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
+
+
+def decided_by_process_0(decide: Callable[[], T], placement: Placement) -> T | None:
+    """Process 0's ``decide()``, told to every process; None everywhere (and the error printed by
+    process 0) when it raised a :class:`ConfigError`."""
+    outcome: list[Any] = [None]
     if placement.rank == 0:
-        found = checkpoint.find_latest(run_dir)
-        choice = [None if found is None else found.name]
+        try:
+            outcome = [decide()]
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
     if placement.world_size > 1:
-        dist.broadcast_object_list(choice, src=0)
-    if choice[0] is None:
-        if placement.rank == 0:
-            print(f"error: {run_dir} has no complete checkpoint to resume from", file=sys.stderr)
-        return False
-    trainer.restore(run_dir / checkpoint.DIRECTORY / choice[0])
-    if placement.rank == 0:
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists():
-            every = trainer.config.train.eval_every
-            kept = [line for line in metrics.read_text().splitlines()
-                    if json.loads(line)["step"] <= trainer.step and json.loads(line)["step"] % every == 0]
-            metrics.write_text("".join(line + "\n" for line in kept))
-        print(f"resuming {run_dir} from step {trainer.step}", file=sys.stderr)
-    return True
+        dist.broadcast_object_list(outcome, src=0)
+    return outcome[0]
 
 
 @contextlib.contextmanager
 def stop_on_signals(trainer: Trainer) -> Iterator[None]:
-    """While training, SIGTERM/SIGINT finish the current step, save a checkpoint and stop; a second
-    SIGINT interrupts at once. The previous handlers come back afterwards."""
+    """While training, SIGTERM/SIGINT finish the current step, save a checkpoint and stop; after
+    the first, a SIGTERM ends the process at once and a SIGINT raises KeyboardInterrupt. The previous
+    handlers come back afterwards."""
     def request_stop(signum: int, frame: object) -> None:
-        trainer.stop_requested = True
+        trainer.stop_signal = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -205,28 +263,20 @@ def last_checkpoint(run_dir: Path) -> str:
     return f"the last complete checkpoint is step {checkpoint.manifest_step(found[0])}: resume with --resume {run_dir}"
 
 
-def choose_run_dir(requested: Path, explicit: bool, placement: Placement) -> Path | None:
-    """Process 0 picks the directory (a fresh one: ``DIR-2``, ``DIR-3`` ... when ``DIR`` already
-    holds a run and was not asked for explicitly) and tells the others."""
-    choice: list[str | None] = [None]
-    if placement.rank == 0:
-        run_dir = requested
-        if (run_dir / "metrics.jsonl").exists():
-            if explicit:
-                print(f"error: {run_dir} already holds a run; choose another --run-dir", file=sys.stderr)
-                run_dir = None
-            else:
-                suffix = 2
-                while (requested.parent / f"{requested.name}-{suffix}" / "metrics.jsonl").exists():
-                    suffix += 1
-                run_dir = requested.parent / f"{requested.name}-{suffix}"
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            print(f"run directory: {run_dir}", file=sys.stderr)
-        choice = [None if run_dir is None else str(run_dir)]
-    if placement.world_size > 1:
-        dist.broadcast_object_list(choice, src=0)
-    return None if choice[0] is None else Path(choice[0])
+def fresh_run_dir(requested: Path, explicit: bool) -> Path:
+    """A directory for a new run: ``requested``, or when it already holds a run, ``DIR-2``,
+    ``DIR-3`` ... (refused when ``requested`` was given explicitly)."""
+    run_dir = requested
+    if (run_dir / "metrics.jsonl").exists():
+        if explicit:
+            raise ConfigError(f"{run_dir} already holds a run; choose another --run-dir")
+        suffix = 2
+        while (requested.parent / f"{requested.name}-{suffix}" / "metrics.jsonl").exists():
+            suffix += 1
+        run_dir = requested.parent / f"{requested.name}-{suffix}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    return run_dir
 
 
 def exact_bytes(count: float) -> str:

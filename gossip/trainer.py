@@ -1,7 +1,8 @@
 """The training loop: every step the local workers draw their batches, the algorithm runs its
 gossip round(s) and gradient step, the learning rate follows its schedule; every ``eval_every``
 steps the run is measured and logged to ``RUN_DIR/metrics.jsonl``; every ``checkpoint_every``
-steps, at the end and when asked to stop, every worker's complete state is saved. With a
+steps, every ``checkpoint_every_s`` seconds, at the end and when asked to stop, every worker's
+complete state is saved (copied, then written in the background). With a
 ``network`` section the steps are also replayed on the simulated clock (:mod:`gossip.simclock`):
 after every step in one process, with several whenever the run is measured or saved (the
 processes' records of their workers' messages are gathered then); every record gains
@@ -12,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -72,8 +74,10 @@ class Trainer:
         self.loss_count = 0
         self.time = {"compute": 0.0, "codec": 0.0, "comm": 0.0}
         self.history: list[dict[str, Any]] = []  # every record measured so far (for library use)
-        self.stop_requested = False
+        self.stop_signal = 0  # set (to the signal's number) to stop after the current step
         self.saved_step: int | None = None
+        self.writer: checkpoint.Writer | None = None
+        self.checkpoint_clock = time.monotonic()  # when the last checkpoint was taken (wall time)
         # Reading the losses syncs with the device: every step on CPU, every STOP_POLL on a GPU.
         self.finite_check_every = 1 if network.device.type == "cpu" else STOP_POLL
 
@@ -124,14 +128,23 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Train to ``total_steps`` (or until :attr:`stop_requested`), measuring every ``eval_every``
-        steps and saving every ``checkpoint_every`` steps and at the end; returns the last record."""
+        """Train to ``total_steps`` (or until a process is asked to stop: :attr:`stop_signal`),
+        measuring every ``eval_every`` steps and saving every ``checkpoint_every`` steps, every
+        ``checkpoint_every_s`` seconds and at the end; returns the last record. On return the last
+        checkpoint is complete."""
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
                    desc=f"{self.config.algorithm.name} n={self.config.workers}", unit="step", dynamic_ncols=True)
         record: dict[str, Any] = {}
         train = self.config.train
+        self.checkpoint_clock = time.monotonic()
         with bar:
-            while self.step < self.total_steps and not self._should_stop():
+            while self.step < self.total_steps:
+                stop, checkpoint_due = self._poll()
+                if stop:
+                    self.stop_signal = stop
+                    break
+                if checkpoint_due and self.step and self.saved_step != self.step:
+                    self.save_checkpoint()
                 self.train_step()
                 if self.step % self.finite_check_every == 0:
                     self._check_finite()
@@ -145,16 +158,23 @@ class Trainer:
                     self.save_checkpoint()
         if self.saved_step != self.step:
             self.save_checkpoint()
+        self.wait_for_checkpoint()
         return record
 
-    def _should_stop(self) -> bool:
-        """True when any process was asked to stop (agreed every ``STOP_POLL`` steps across processes)."""
+    def _poll(self) -> tuple[int, bool]:
+        """The signal that stops the run (0: none; SIGTERM before SIGINT) and whether a timed
+        checkpoint is due, agreed across processes every ``STOP_POLL`` steps (every step in one)."""
+        every_s = self.config.train.checkpoint_every_s
+        due = bool(every_s) and time.monotonic() - self.checkpoint_clock >= every_s
         if self.network.world_size == 1:
-            return self.stop_requested
+            return self.stop_signal, due
         if self.step % STOP_POLL:
-            return False
-        flag = torch.tensor([float(self.stop_requested)], device=self.network.device)
-        return bool(self.network.all_reduce_sum(flag).item() > 0)
+            return 0, False
+        flags = torch.tensor([float(self.stop_signal == signal.SIGTERM), float(self.stop_signal == signal.SIGINT),
+                              float(due)], device=self.network.device)
+        terms, interrupts, due_anywhere = self.network.all_reduce_sum(flags).tolist()
+        stop = signal.SIGTERM if terms else signal.SIGINT if interrupts else 0
+        return int(stop), due_anywhere > 0
 
     def _check_finite(self) -> None:
         finite = torch.isfinite(self.loss_sum)
@@ -174,12 +194,21 @@ class Trainer:
                 "sim_finish_s": self.clock.finish[w.id] if self.clock is not None else 0.0}
 
     def save_checkpoint(self) -> None:
+        """Copy every local worker's state and write the checkpoint in the background (after the
+        previous one is complete)."""
         if self.run_dir is None:
             return
         self.advance_clock()
-        states = {w.id: self.worker_checkpoint(k) for k, w in enumerate(self.workers)}
-        checkpoint.save(self.run_dir, self.step, states, self.network)
+        if self.writer is None:
+            self.writer = checkpoint.Writer(self.run_dir, self.network.rank, self.network.n,
+                                            keep=self.config.run.keep_checkpoints, timeout_s=self.config.run.timeout_s)
+        self.writer.save(self.step, {w.id: self.worker_checkpoint(k) for k, w in enumerate(self.workers)})
         self.saved_step = self.step
+        self.checkpoint_clock = time.monotonic()
+
+    def wait_for_checkpoint(self, timeout: float | None = None) -> bool:
+        """Wait until the checkpoint being written is complete; False if it still is not after ``timeout``."""
+        return self.writer is None or self.writer.wait(timeout)
 
     def restore(self, directory: Path) -> None:
         """Continue from a verified checkpoint directory (any number of processes)."""

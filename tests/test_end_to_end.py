@@ -97,9 +97,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, root):
     assert not (tmp_path / "runs").exists()
 
 
-def test_an_existing_run_is_not_overwritten(tmp_path, root, monkeypatch, capsys):
+def test_with_resume_never_an_existing_run_is_not_overwritten(tmp_path, root, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # run.dir (runs/logistic) is resolved against the working directory
-    args = ["--config", str(root / "configs/logistic.yaml"), "--set", "train.steps=2", "--no-progress"]
+    args = ["--config", str(root / "configs/logistic.yaml"), "--set", "train.steps=2", "--set", "run.resume=never",
+            "--no-progress"]
     assert main(args) == 0
     capsys.readouterr()
     assert main(args) == 0 and "runs/logistic-2" in capsys.readouterr().err

@@ -69,16 +69,16 @@ def sets(variant: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """One uninterrupted 40-step run per variant, shared by the tests of this module."""
+    """One uninterrupted run per variant (40 steps unless asked), shared by the tests of this module."""
     runs: dict[str, Path] = {}
 
-    def get(variant: str) -> Path:
-        if variant not in runs:
+    def get(variant: str, steps: int = 40) -> Path:
+        if (variant, steps) not in runs:
             run_dir = tmp_path_factory.mktemp("reference") / variant
-            assert main(["--config", CONFIG, "--run-dir", str(run_dir), *sets(variant), "--set", "train.steps=40",
+            assert main(["--config", CONFIG, "--run-dir", str(run_dir), *sets(variant), "--set", f"train.steps={steps}",
                          *BASE]) == 0
-            runs[variant] = run_dir
-        return runs[variant]
+            runs[variant, steps] = run_dir
+        return runs[variant, steps]
 
     return get
 
@@ -268,5 +268,134 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
                        started=(run_dir / "metrics.jsonl").exists)
     procs[0].send_signal(signal.SIGTERM)
     ((code, err),) = _finish(procs, timeout=60)
-    assert code == 0, err
+    assert code == 128 + signal.SIGTERM, err  # a status that torchrun's --max-restarts restarts
     assert checkpoint.find_latest(run_dir) is not None
+
+
+# --- restarts: the same command continues the run (run.resume: auto) -------------------------------
+
+RESTARTED = ["dpsgd", "powergossip", "choco"]
+# Long enough (about 2 s of training in 4 processes) that the test stops the job after its first
+# checkpoint (step 10) and well before its end.
+LONG = 120
+
+
+def _torchrun(args: list[str], nproc: int, *launcher: str) -> subprocess.Popen:
+    """``torchrun --standalone`` (which picks a free port itself) running the CLI, in the background."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GOSSIP_LOSS_LINGER_S=LINGER_S)
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc_per_node={nproc}", *launcher, "-m", "gossip.train", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(run_dir: Path, job: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not checkpoint.complete_checkpoints(run_dir / checkpoint.DIRECTORY):
+        if job.poll() is not None or time.time() > deadline:
+            job.kill()
+            raise AssertionError(f"no checkpoint within {timeout} s: {job.communicate()[1]}")
+        time.sleep(0.02)
+
+
+def _worker_pid(job: subprocess.Popen, local_rank: int) -> int:
+    """The pid of torchrun's worker process ``local_rank`` (torchrun starts them as its children)."""
+    children = Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()
+    for pid in children:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"LOCAL_RANK={local_rank}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"torchrun has no worker {local_rank} among {children}")
+
+
+def _communicate(job: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    try:
+        _, err = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        raise AssertionError(f"the job did not end within {timeout} s: {job.communicate()[1]}") from None
+    return job.returncode, err
+
+
+@pytest.mark.parametrize("variant", RESTARTED)
+def test_torchrun_restarts_a_job_after_a_killed_process_and_it_continues(tmp_path, reference, variant):
+    run_dir = tmp_path / "run"
+    args = ["--config", CONFIG, "--run-dir", str(run_dir), *sets(variant), "--set", f"train.steps={LONG}",
+            "--set", "run.timeout_s=20", *BASE]  # the restarted processes' first collective waits for the slowest
+    job = _torchrun(args, 4, "--max-restarts=1")
+    _wait_for_checkpoint(run_dir, job)
+    os.kill(_worker_pid(job, 2), signal.SIGKILL)
+    code, err = _communicate(job, timeout=180)
+    assert code == 0, err
+    assert "resuming" in err
+    assert_same_run(run_dir, reference(variant, LONG), bitwise=False)  # 4 processes, and 1 for the reference
+
+
+@pytest.mark.parametrize("variant", RESTARTED)
+def test_sigterm_on_4_processes_then_the_same_command_on_2_continues(tmp_path, reference, variant):
+    run_dir = tmp_path / "run"
+    args = ["--config", CONFIG, "--run-dir", str(run_dir), *sets(variant), "--set", f"train.steps={LONG}", *BASE]
+    job = _torchrun(args, 4)
+    _wait_for_checkpoint(run_dir, job)
+    job.send_signal(signal.SIGTERM)  # torchrun passes it on to its 4 processes
+    code, err = _communicate(job, timeout=120)
+    assert code != 0, err
+    stopped = checkpoint.manifest_step(checkpoint.find_latest(run_dir))
+    assert 0 < stopped < LONG
+    second = run_cli(args, cwd=tmp_path, torchrun=2, timeout=180)
+    assert second.returncode == 0, second.stderr
+    assert f"from step {stopped} (checkpoint {run_dir / 'checkpoints' / f'step_{stopped:08d}'})" in second.stderr
+    assert_same_run(run_dir, reference(variant, LONG), bitwise=False)
+
+
+@pytest.mark.parametrize("variant", RESTARTED)
+def test_the_same_command_skips_a_truncated_newest_checkpoint(tmp_path, reference, variant, capsys):
+    run_dir = tmp_path / "run"
+    args = ["--config", CONFIG, "--run-dir", str(run_dir), *sets(variant), "--set", "train.steps=40", *BASE]
+    assert main(args) == 0
+    victim = run_dir / "checkpoints/step_00000040" / checkpoint.worker_file(1)
+    victim.write_bytes(victim.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "refusing checkpoint step_00000040: worker_00001.pt has 100 bytes" in err
+    assert f"resuming {run_dir} from step 30 (checkpoint {run_dir}/checkpoints/step_00000030)" in err
+    assert_same_run(run_dir, reference(variant))
+
+
+def test_a_directory_with_another_config_is_refused_naming_the_key(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["--config", CONFIG, "--run-dir", str(run_dir), "--set", "train.steps=10", *BASE]
+    assert main(args) == 0
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    capsys.readouterr()
+    assert main(args + ["--set", "optimizer.lr=0.2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {run_dir} holds a run with optimizer.lr=0.1; this config has 0.2 "
+                   "(set run.resume: never or use another run.dir)")
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+
+
+def test_the_same_config_without_a_checkpoint_starts_over(tmp_path, reference, capsys):
+    run_dir = tmp_path / "run"
+    args = ["--config", CONFIG, "--run-dir", str(run_dir), "--set", "train.steps=40", *BASE]
+    assert main(args) == 0
+    shutil.rmtree(run_dir / "checkpoints")
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "no complete checkpoint: starting over" in capsys.readouterr().err
+    assert_same_run(run_dir, reference("dpsgd"))
+
+
+def test_timed_checkpoints_and_keep_checkpoints(tmp_path):
+    run_dir = tmp_path / "run"
+    common = ["--config", CONFIG, "--run-dir", str(run_dir), "--set", "train.checkpoint_every=0", *BASE[:2],
+              "--set", "task.samples_per_worker=256", "--no-progress"]
+    # every step ends more than 1e-9 s after the last checkpoint: one checkpoint per step
+    assert main(common + ["--set", "train.steps=6", "--set", "train.checkpoint_every_s=1e-9",
+                          "--set", "run.keep_checkpoints=0"]) == 0
+    steps = [checkpoint.manifest_step(d) for d in checkpoint.complete_checkpoints(run_dir / "checkpoints")]
+    assert steps == [6, 5, 4, 3, 2, 1]
+    assert main(common + ["--set", "train.steps=9", "--set", "train.checkpoint_every=1",
+                          "--set", "run.keep_checkpoints=3"]) == 0
+    steps = [checkpoint.manifest_step(d) for d in checkpoint.complete_checkpoints(run_dir / "checkpoints")]
+    assert steps == [9, 8, 7]
