@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     import topologies
 
 __all__ = ["Config", "ConfigError", "LRScheduleConfig", "OptimizerConfig", "RunDirConfig", "TopologyConfig",
-           "TrainConfig", "apply_overrides", "dump", "fields_reference", "from_dict", "load", "reference_markdown",
-           "to_dict"]
+           "TrainConfig", "apply_overrides", "dump", "fields_reference", "from_dict", "load", "parse_algorithm",
+           "reference_markdown", "to_dict"]
 
 #: The registries whose entries a config section names (``algorithm.name``, ``task.name``).
 REGISTRIES: dict[str, Registry] = {"algorithm": ALGORITHMS, "task": TASKS}
@@ -228,6 +228,19 @@ def reference_markdown() -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Parsing machinery
+
+
+def parse_algorithm(raw: Mapping[str, Any], path: str = "algorithm") -> Any:
+    """An ``algorithm`` section on its own (``{"name": ..., **options}``), parsed and checked as in
+    a YAML file: the same one-line :class:`ConfigError` for an unknown name, key or value."""
+    options = _parse_registry_section("algorithm", "dpsgd", raw, path)
+    check = getattr(options, "check", None)
+    if check is not None:
+        try:
+            check(None)
+        except ValueError as exc:
+            raise ConfigError(f"{path}.{_one_line(exc)}") from None
+    return options
 
 
 def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
