@@ -45,16 +45,19 @@ class DecentralizedOptimizer:
             raise RuntimeError("DecentralizedOptimizer needs the default process group: call "
                                "torch.distributed.init_process_group() first (e.g. under torchrun)")
         rank, world_size = dist.get_rank(), dist.get_world_size()
-        algorithm_options = parse_algorithm({"name": algorithm, **options})
+        algorithm_options = parse_algorithm({**options, "name": algorithm})
         schedule = _schedule(topology, world_size, seed)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        device = trainable[0].device if trainable else torch.device("cpu")
+        implementation = ALGORITHMS.implementation(algorithm_options.name)
+        try:
+            implementation.check_topology(schedule, algorithm_options.name)
+        except ValueError as exc:
+            raise ConfigError(f"algorithm.{exc}") from None
+        device = next((p.device for p in model.parameters() if p.requires_grad), torch.device("cpu"))
         self.network = Network(world_size, rank, world_size, device, timeout_s=timeout_s)
         self.worker = Worker(rank, model, optimizer, seed, device)
-        self.algorithm: Algorithm = ALGORITHMS.implementation(algorithm_options.name)(
-            schedule, self.network, [self.worker], options=algorithm_options, seed=seed)
+        self.algorithm: Algorithm = implementation(schedule, self.network, [self.worker],
+                                                   options=algorithm_options, seed=seed)
         self.optimizer = self.worker.optimizer
-        self.model = model
         self.steps = 0
         named = dict(model.named_parameters())
         self._parameters = [named[name] for name in self.worker.names]
