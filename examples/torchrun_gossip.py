@@ -45,7 +45,9 @@ def main() -> None:
     args = parse_args()
     options = {}
     for item in args.option:
-        key, _, value = item.partition("=")
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --option {item!r}: expected KEY=VALUE, e.g. --option iterations=2")
         options[key] = yaml.safe_load(value)
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
