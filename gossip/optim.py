@@ -1,8 +1,8 @@
 """The local optimizer of a worker and the learning-rate schedule.
 
-The optimizer works on a worker's flat parameter and gradient vectors: SGD with heavy-ball or
-Nesterov momentum, weight decay and gradient-norm clipping. Momentum buffers stay local: they are
-never communicated.
+The config's optimizer is ``torch.optim.SGD`` with heavy-ball or Nesterov momentum and weight
+decay (gradient-norm clipping is the worker's). Momentum buffers stay local: they are never
+communicated.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
+from torch import nn
 
 from gossip.registry import option
 
@@ -42,41 +43,17 @@ class LRScheduleConfig:
     decay: float = option(0.1, help="multiplier at each milestone", gt=0)
 
 
-class LocalSGD:
-    """SGD on one worker's flat vectors; ``decay_mask`` is 1 where weight decay applies."""
-
-    def __init__(self, config: OptimizerConfig, decay_mask: torch.Tensor) -> None:
-        self.config = config
-        self.decay_mask = decay_mask
-        self.momentum_buffer: torch.Tensor | None = None
-
-    def clip_(self, grad: torch.Tensor) -> None:
-        """Scale ``grad`` in place so that its norm is at most ``clip_norm`` (as torch's clip_grad_norm_)."""
-        if self.config.clip_norm is not None:
-            scale = self.config.clip_norm / (grad.norm() + 1e-6)
-            grad.mul_(scale.clamp(max=1.0))
-
-    def step(self, params: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
-        """``params -= lr * direction(grad)`` in place; ``grad`` is decayed in place (clipping is
-        the caller's :meth:`clip_`, so that all-reduce can clip before or after averaging)."""
-        cfg = self.config
-        if cfg.weight_decay:
-            grad.addcmul_(params, self.decay_mask, value=cfg.weight_decay)
-        direction = grad
-        if cfg.momentum:
-            if self.momentum_buffer is None:
-                self.momentum_buffer = grad.clone()
-            else:
-                self.momentum_buffer.mul_(cfg.momentum).add_(grad)
-            direction = grad.add(self.momentum_buffer, alpha=cfg.momentum) if cfg.nesterov else self.momentum_buffer
-        params.add_(direction, alpha=-lr)
-
-    def state_dict(self) -> dict:
-        return {"momentum_buffer": self.momentum_buffer}
-
-    def load_state_dict(self, state: dict) -> None:
-        buffer = state["momentum_buffer"]
-        self.momentum_buffer = None if buffer is None else buffer.to(self.decay_mask.device)
+def build_sgd(config: OptimizerConfig, model: nn.Module) -> torch.optim.SGD:
+    """``torch.optim.SGD`` over ``model``'s trainable parameters as ``config`` says: weight decay on
+    tensors with more than one dimension (on all with ``weight_decay_1d``), heavy-ball or Nesterov
+    momentum (clipping is the worker's, :meth:`gossip.worker.Worker.clip_grads_`)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decayed = [p for p in params if config.weight_decay_1d or p.dim() > 1]
+    plain = [p for p in params if not (config.weight_decay_1d or p.dim() > 1)]
+    groups = [{"params": group, "weight_decay": decay}
+              for group, decay in ((decayed, config.weight_decay), (plain, 0.0)) if group]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov and config.momentum > 0)
 
 
 def lr_at(base_lr: float, lr_schedule: LRScheduleConfig, epoch: float) -> float:

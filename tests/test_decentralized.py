@@ -174,3 +174,10 @@ def test_without_a_process_group_it_says_what_to_call():
     with pytest.raises(RuntimeError, match=r"^DecentralizedOptimizer needs the default process group: call "
                                            r"torch.distributed.init_process_group\(\) first"):
         DecentralizedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model)
+
+
+def test_an_optimizer_of_other_parameters_is_refused(process_group):
+    model = Net()
+    with pytest.raises(ValueError, match=r"^the optimizer must step exactly the model's 3 trainable parameters; "
+                                         r"it steps 1, 1 of them not the model's$"):
+        DecentralizedOptimizer(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), model)

@@ -27,5 +27,5 @@ class Local(Algorithm):
     def bytes_per_step(cls, options: LocalOptions, shapes: list[torch.Size], topology: Topology, worker: int) -> int:
         return 0
 
-    def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
+    def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         self.gradient_step(lr, compute_gradients)
