@@ -99,6 +99,27 @@ def test_gradients_set_to_none_are_copied_into_the_flat_vector(process_group):
     assert to_none.bytes_sent == 0 and to_none.consensus_distance() == 0.0
 
 
+def test_a_scheduler_on_the_wrapped_optimizer_sets_the_learning_rate(process_group):
+    """The wrapper leaves the optimizer's own learning rates: a StepLR built on it drives them as
+    it drives plain SGD."""
+    torch.manual_seed(0)
+    wrapped_model = Net()
+    plain_model = copy.deepcopy(wrapped_model)
+    wrapped_sgd, plain = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.5) for m in (wrapped_model, plain_model))
+    wrapped = DecentralizedOptimizer(wrapped_sgd, wrapped_model)
+    for model, optimizer, inner in [(wrapped_model, wrapped, wrapped_sgd), (plain_model, plain, plain)]:
+        scheduler = torch.optim.lr_scheduler.StepLR(inner, step_size=2, gamma=0.1)
+
+        def step(optimizer=optimizer, scheduler=scheduler) -> None:
+            optimizer.step()
+            scheduler.step()
+
+        train(model, optimizer.zero_grad, step, steps=4)
+    assert wrapped.param_groups[0]["lr"] == pytest.approx(0.001)
+    for a, b in zip(wrapped_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_state_dict_continues_exactly(process_group):
     """Momentum state, step counter and bytes are restored: 2 + 2 steps through a checkpoint give
     the parameters of 4 uninterrupted steps."""
