@@ -36,6 +36,9 @@ class DecentralizedOptimizer:
     The model's parameters are moved into one flat vector (each parameter becomes a view of it)
     when the optimizer is built: build it after moving the model to its device, and load weights
     with ``model.load_state_dict`` (it copies into the views) rather than by replacing tensors.
+
+    ``optimizer`` (the wrapped one), ``worker``, ``algorithm`` and ``network`` are the pieces it
+    runs; ``steps`` counts the steps taken.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, algorithm: str = "dpsgd",
