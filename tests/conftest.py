@@ -37,7 +37,8 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 240, torchrun: int | No
 
 
 def run_torchrun(args: list[str], processes: int, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run ``torchrun --standalone --nproc_per_node PROCESSES ARGS`` (a script or ``-m module``)."""
+    """Run ``torchrun --standalone --nproc_per_node PROCESSES ARGS`` (a script or ``-m module``);
+    ``--standalone`` binds its rendezvous to a port the system chooses, so no port is picked here."""
     return _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                  f"--nproc_per_node={processes}", *args], cwd, timeout)
 
