@@ -9,6 +9,7 @@ names the key path and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -104,16 +105,11 @@ class Config:
     algorithm: Any = registry_section("algorithm", "dpsgd", help="the decentralized algorithm")
     task: Any = registry_section("task", "logistic", help="model, data, loss and metric")
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunDirConfig = field(default_factory=RunDirConfig)
     backend: Literal["auto", "gloo", "nccl"] = option(
         "auto", help="torch.distributed backend: gloo on CPU, nccl with one GPU per process")
-
-    @property
-    def lr_schedule(self) -> LRScheduleConfig:
-        """The learning-rate schedule (the YAML key is ``schedule``)."""
-        return self.schedule
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,22 +164,39 @@ def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, A
     return result
 
 
+#: Top-level keys of older configs, with what replaced them.
+_RENAMED = {"schedule": "renamed to lr_schedule (add name: warmup_step to keep the warm-up and step decay)"}
+
 _LENGTH_KEYS = {"train.steps": "epochs", "train.epochs": "steps"}  # each key: the one it replaces
 
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
     """Parse and validate a plain dict into a :class:`Config`."""
+    for old, message in _RENAMED.items():
+        if old in raw:
+            raise ConfigError(f"{old}: {message}")
     config = _parse_dataclass(Config, raw, "")
     _check_combinations(config)
     return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """The config as plain data (for YAML output and checkpoints)."""
-    return dataclasses.asdict(config)
+    """The config as plain data (for YAML output and checkpoints); the keywords that a section
+    collected for its class are keys of the section again."""
+    result: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("keywords"):
+            result.update(copy.deepcopy(value))
+        elif dataclasses.is_dataclass(value):
+            result[f.name] = to_dict(value)
+        else:
+            result[f.name] = copy.deepcopy(value)
+    return result
 
 
 def dump(config: Config) -> str:
+    """The config as YAML that :func:`load` reads back into an equal config."""
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
@@ -199,6 +212,10 @@ def fields_reference() -> list[tuple[str, str, str, str]]:
             if registry:
                 for name, (options, _) in sorted(REGISTRIES[registry].entries.items()):
                     walk(options, f"{path}[{name}].")
+            elif f.metadata.get("keywords"):
+                rows.append((f"{prefix}KEYWORD", "any", "", f.metadata["help"]))
+                for name, builtin in getattr(cls, "BUILTINS", {}).items():
+                    walk(builtin, f"{prefix.rstrip('.')}[{name}].")
             elif dataclasses.is_dataclass(hints[f.name]):
                 walk(hints[f.name], f"{path}.")
             else:
@@ -250,12 +267,16 @@ def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping of keys, got {_describe(raw)}")
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("keywords")}
+    keywords = [f.name for f in dataclasses.fields(cls) if f.metadata.get("keywords")]
+    values: dict[str, Any] = {name: {} for name in keywords}
     for key in raw:
         if key not in known:
+            if keywords and isinstance(key, str) and key.isidentifier():
+                values[keywords[0]][key] = _keyword_value(raw[key])
+                continue
             raise ConfigError(f"{path}{_show_key(key)}: unknown key{suggest(str(key), known)}; "
                               f"allowed in {where}: {', '.join(known)}")
-    values = {}
     for name, f in known.items():
         if name not in raw:
             continue
@@ -268,7 +289,19 @@ def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
         else:
             values[name] = _parse_value(hints[name], raw[name], key_path)
             _check_bounds(values[name], f.metadata.get("bounds", {}), key_path)
-    return cls(**values)
+    result = cls(**values)
+    if keywords:
+        result.check_keywords(path, _parse_dataclass)
+    return result
+
+
+def _keyword_value(value: Any) -> Any:
+    """A class keyword as plain data, with YAML 1.1's strings such as ``1e-8`` read as numbers."""
+    if isinstance(value, str) and _SCIENTIFIC.match(value):
+        return float(value)
+    if isinstance(value, list):
+        return [_keyword_value(v) for v in value]
+    return value
 
 
 def _parse_registry_section(registry_name: str, default_name: str, raw: Any, path: str) -> Any:

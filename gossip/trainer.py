@@ -19,7 +19,7 @@ from gossip import checkpoint
 from gossip.algorithms import ALGORITHMS, Algorithm
 from gossip.config import Config
 from gossip.network import Network
-from gossip.optim import lr_at
+from gossip.optim import LRSchedule
 from gossip.seeding import seed_for
 from gossip.tasks import TASKS, Task
 from gossip.worker import Worker
@@ -56,6 +56,7 @@ class Trainer:
         self.steps_per_epoch = self.task.steps_per_epoch()
         train = config.train
         self.total_steps = train.steps if train.steps is not None else math.ceil(train.epochs * self.steps_per_epoch)
+        self.lr_schedule = LRSchedule(config.lr_schedule, config.optimizer.lr, self.steps_per_epoch, self.total_steps)
         self.step = 0
         self.loss_sum = torch.zeros(len(self.workers), dtype=torch.float64, device=network.device)
         self.loss_count = 0
@@ -93,10 +94,11 @@ class Trainer:
         self.time["comm"] += comm
         self.time["codec"] += time.perf_counter() - start - (self.time["compute"] - compute0) - comm
         self.step += 1
+        self.lr_schedule.advance()
 
     def learning_rate(self) -> float:
         """This step's learning rate, from the run's ``lr_schedule``."""
-        return lr_at(self.config.optimizer.lr, self.config.lr_schedule, self.step / self.steps_per_epoch)
+        return self.lr_schedule.lr
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -147,7 +149,8 @@ class Trainer:
         return {"worker": w.state_dict(), "algorithm": self.algorithm.worker_state(w),
                 "stream": self.streams[w.id].state_dict(), "memory": w.memory,
                 "bytes_sent": self.network.bytes_sent[w.id], "loss_sum": self.loss_sum[k],
-                "loss_count": self.loss_count, "step": self.step, "time": dict(self.time)}
+                "loss_count": self.loss_count, "step": self.step, "time": dict(self.time),
+                "lr_schedule": self.lr_schedule.state_dict()}
 
     def save_checkpoint(self) -> None:
         if self.run_dir is None:
@@ -167,6 +170,7 @@ class Trainer:
             self.network.bytes_sent[w.id] = state["bytes_sent"]
             self.loss_sum[k] = state["loss_sum"]
             self.loss_count, self.step, self.time = state["loss_count"], state["step"], state["time"]
+            self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.saved_step = self.step
 
     def measure(self, restart_window: bool = True) -> dict[str, Any]:

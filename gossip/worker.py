@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from gossip.optim import OptimizerConfig, build_sgd
+from gossip.optim import OptimizerConfig, build_optimizer
 from gossip.seeding import seed_for
 
 
 class Worker:
     """A worker's model, flat parameter/gradient vectors, local optimizer and random state.
 
-    ``optimizer`` is an :class:`OptimizerConfig` (the worker builds its SGD and clips as it says)
+    ``optimizer`` is an :class:`OptimizerConfig` (the worker builds the optimizer it names and clips as it says)
     or a ``torch.optim`` optimizer over exactly the model's trainable parameters, used as is (no
     clipping). Either way :attr:`optimizer` is a torch optimizer; it steps the parameters, whose
     ``.grad`` are the views into ``grads``.
@@ -38,7 +38,7 @@ class Worker:
             self.clip_norm: float | None = None
             self.clip_scope = "worker"
         else:
-            self.optimizer = build_sgd(optimizer, self.model)
+            self.optimizer = build_optimizer(optimizer, self.model)
             self.clip_norm, self.clip_scope = optimizer.clip_norm, optimizer.clip_scope
         self.names, self.views, self.params, self.grads = flatten_parameters(self.model)
         self.memory: dict[str, Any] = {}

@@ -4,7 +4,9 @@ distances agree to 1e-6 (relative).
 
 ``tests/data/recorded_curves.json`` holds each case's command-line arguments and its records. It
 was written by ``python tests/test_recorded_curves.py`` run against that older code; running it
-again rewrites the file from whatever code ``PYTHONPATH`` points to.
+again with ``PYTHONPATH`` pointing to that code rewrites the file. The recorded arguments use
+that code's keys: its ``schedule.KEY`` is ``lr_schedule.KEY`` with ``lr_schedule.name=warmup_step``
+now (:func:`current_arguments`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,18 @@ CASES: dict[str, tuple[str, list[str]]] = {
 KEYS = ("step", "train_loss", "eval_loss", "lr", "consensus_distance", "local_eval_loss_mean")
 
 
+def current_arguments(arguments: list[str]) -> list[str]:
+    """The recorded ``--set KEY=VALUE`` pairs with the older ``schedule.KEY`` written as today's keys."""
+    result: list[str] = []
+    for flag, item in zip(arguments[::2], arguments[1::2]):
+        if item.startswith("schedule."):
+            if "lr_schedule.name=warmup_step" not in result:
+                result += ["--set", "lr_schedule.name=warmup_step"]
+            item = "lr_" + item
+        result += [flag, item]
+    return result
+
+
 def run_case(config: str, overrides: list[str], run_dir: Path) -> list[dict[str, float]]:
     """Train one case in this process and return the recorded keys of each of its records."""
     from gossip.train import main
@@ -53,7 +67,7 @@ def run_case(config: str, overrides: list[str], run_dir: Path) -> list[dict[str,
 def test_replays_the_recorded_curve(case, tmp_path):
     recorded = json.loads(DATA.read_text())[case]
     assert recorded["arguments"] == CASES[case][1]
-    replayed = run_case(recorded["config"], recorded["arguments"], tmp_path / "run")
+    replayed = run_case(recorded["config"], current_arguments(recorded["arguments"]), tmp_path / "run")
     assert [r["step"] for r in replayed] == [r["step"] for r in recorded["records"]]
     for old, new in zip(recorded["records"], replayed):
         assert old.keys() == new.keys()
@@ -62,7 +76,7 @@ def test_replays_the_recorded_curve(case, tmp_path):
 
 
 def record(path: Path = DATA) -> None:
-    """Run every case with the code on ``PYTHONPATH`` and write ``path``."""
+    """Run every case, with its recorded arguments, on the code on ``PYTHONPATH`` and write ``path``."""
     import tempfile
 
     result = {}
