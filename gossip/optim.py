@@ -14,6 +14,7 @@ steps). Without an ``lr_schedule`` section the learning rate is constant.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import math
@@ -47,7 +48,7 @@ class OptimizerConfig:
     def check_keywords(self, path: str, parse_dataclass: Callable[[type, Any, str], Any]) -> None:
         """Resolve ``name`` and check the keywords by building the optimizer over one tensor."""
         cls = optimizer_class(self.name, f"{path}name")
-        _check_keywords(cls, self.options, path, reserved=("params", "lr", "weight_decay"))
+        _check_keywords(cls, self, path, reserved=("params", "lr", "weight_decay"))
         if self.weight_decay and "weight_decay" not in inspect.signature(cls).parameters:
             raise ConfigError(f"{path}weight_decay: {cls.__name__} takes no weight_decay; allowed: 0")
         _try(lambda: build_optimizer(self, nn.Linear(1, 1)), path, cls.__name__)
@@ -130,7 +131,7 @@ class LRScheduleConfig:
             parsed = parse_dataclass(builtin, self.options, path)
             self.options = {k: getattr(parsed, k) for k in self.options}
         else:
-            _check_keywords(scheduler_class(self.name, f"{path}name"), self.options, path, reserved=("optimizer", "last_epoch"))
+            _check_keywords(scheduler_class(self.name, f"{path}name"), self, path, reserved=("optimizer", "last_epoch"))
         _try(lambda: LRSchedule(self, lr=1.0, steps_per_epoch=10, total_steps=100), path, self.name)
 
 
@@ -229,18 +230,37 @@ def _resolve_class(name: str, module: Any, base: type, path: str, kind: str, ext
     return classes[name.lower()]
 
 
-def _check_keywords(target: Callable, options: Mapping[str, Any], path: str, reserved: tuple[str, ...]) -> None:
-    """Each key of ``options`` must be a keyword of ``target`` (a class or function)."""
+def _check_keywords(target: Callable, section: Any, path: str, reserved: tuple[str, ...]) -> None:
+    """Each key of ``section.options`` must be a keyword of ``target`` (a class or function)."""
     parameters = inspect.signature(target).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
     allowed = [k for k, p in parameters.items() if k not in reserved
                and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    fixed = [f.name for f in dataclasses.fields(section) if f.name != "options"]
     name = getattr(target, "__name__", str(target))
-    for key in options:
+    for key, value in section.options.items():
         if key not in allowed:
-            raise ConfigError(f"{path}{key}: not a keyword of {name}{suggest(key, allowed)}; "
-                              f"allowed: {', '.join(allowed) or 'none'}")
+            raise ConfigError(f"{path}{key}: unknown key{suggest(key, fixed + allowed)}; allowed: "
+                              f"{', '.join(fixed)} and {name}'s keywords {', '.join(allowed) or '(none)'}")
+        _check_like_default(value, parameters[key].default, f"{path}{key}")
+
+
+def _check_like_default(value: Any, default: Any, path: str) -> None:
+    """A keyword whose default is a bool, a number or a tuple takes a value of that kind."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif number(default):  # torch writes some float defaults as ints (SGD's momentum=0)
+        ok, expected = number(value), "a number"
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list) and len(value) == len(default) and all(map(number, value))
+        expected = f"a list of {len(default)} numbers"
+    else:
+        return
+    if not ok:
+        shown = f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
+        raise ConfigError(f"{path}: expected {expected}, got {shown}")
 
 
 def _try(build: Callable[[], Any], path: str, name: str) -> None:
