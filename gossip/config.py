@@ -213,7 +213,7 @@ def fields_reference() -> list[tuple[str, str, str, str]]:
                 for name, (options, _) in sorted(REGISTRIES[registry].entries.items()):
                     walk(options, f"{path}[{name}].")
             elif f.metadata.get("keywords"):
-                rows.append((f"{prefix}KEYWORD", "any", "", f.metadata["help"]))
+                rows.append((f"{prefix}KEYWORD", "any", "(none)", f.metadata["help"]))
                 for name, builtin in getattr(cls, "BUILTINS", {}).items():
                     walk(builtin, f"{prefix.rstrip('.')}[{name}].")
             elif dataclasses.is_dataclass(hints[f.name]):
@@ -232,7 +232,10 @@ def reference_markdown() -> str:
     lines = ["# Configuration reference", "",
              "Generated from the config dataclasses by `python scripts/config_reference.py`; a test fails",
              "when this page is stale. Keys are set in the YAML file or with `--set key=value`.",
-             "`algorithm[NAME].key` and `task[NAME].key` exist when `algorithm.name` / `task.name` is NAME.", ""]
+             "`algorithm[NAME].key` and `task[NAME].key` exist when `algorithm.name` / `task.name` is NAME;",
+             "`lr_schedule[NAME].key` when `lr_schedule.name` is the built-in NAME. The `optimizer` and",
+             "`lr_schedule` sections also take the keywords of the class they name (`optimizer.KEYWORD`):",
+             "`momentum` and `nesterov` of `sgd`, `betas` and `eps` of `adamw`, `step_size` of `StepLR`, ...", ""]
     section = None
     for path, type_name, default, help_text in fields_reference():
         top = path.split(".")[0].split("[")[0] if ("." in path or "[" in path) else "top level"
