@@ -29,7 +29,10 @@ from gossip.registry import ConfigError, keywords_field, option, suggest
 
 @dataclass
 class OptimizerConfig:
-    """The local optimizer of every worker; its state (e.g. momentum buffers) stays local."""
+    """The local optimizer of every worker; its state (e.g. momentum buffers) stays local.
+
+    ``options`` holds the class's own keywords (in YAML they are keys of the section), e.g.
+    ``OptimizerConfig(name="sgd", lr=0.1, options={"momentum": 0.9, "nesterov": True})``."""
 
     name: str = option("sgd", help="a torch.optim class by case-insensitive name (sgd, adamw, adam, rmsprop, "
                                    "adagrad, ...) or module.path:Class")
