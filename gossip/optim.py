@@ -129,13 +129,14 @@ class LRScheduleConfig:
     def check_keywords(self, path: str, parse_dataclass: Callable[[type, Any, str], Any]) -> None:
         """Resolve ``name`` and check the keywords (a built-in's as typed config keys) by building
         the schedule for a short run."""
-        builtin = BUILTIN_SCHEDULES.get(self.name.lower())
-        if builtin is not None:
-            parsed = parse_dataclass(builtin, self.options, path)
+        cls = BUILTIN_SCHEDULES.get(self.name.lower())
+        if cls is not None:
+            parsed = parse_dataclass(cls, self.options, path)
             self.options = {k: getattr(parsed, k) for k in self.options}
         else:
-            _check_keywords(scheduler_class(self.name, f"{path}name"), self, path, reserved=("optimizer", "last_epoch"))
-        _try(lambda: LRSchedule(self, lr=1.0, steps_per_epoch=10, total_steps=100), path, self.name)
+            cls = scheduler_class(self.name, f"{path}name")
+            _check_keywords(cls, self, path, reserved=("optimizer", "last_epoch"))
+        _try(lambda: LRSchedule(self, lr=1.0, steps_per_epoch=10, total_steps=100), path, cls.__name__)
 
 
 class LRSchedule:
