@@ -10,6 +10,7 @@ names the key path and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
     import topologies
 
 __all__ = ["Config", "ConfigError", "FaultsConfig", "LRScheduleConfig", "NetworkConfig", "OptimizerConfig",
-           "RunDirConfig", "TopologyConfig", "TrainConfig", "apply_overrides", "dump", "fields_reference", "from_dict", "load", "reference_markdown",
-           "to_dict"]
+           "RunDirConfig", "TopologyConfig", "TrainConfig", "apply_overrides", "dump", "fields_reference", "from_dict",
+           "load", "parse_algorithm", "reference_markdown", "to_dict"]
 
 #: The registries whose entries a config section names (``algorithm.name``, ``task.name``).
 REGISTRIES: dict[str, Registry] = {"algorithm": ALGORITHMS, "task": TASKS}
@@ -113,7 +114,7 @@ class Config:
     algorithm: Any = registry_section("algorithm", "dpsgd", help="the decentralized algorithm")
     task: Any = registry_section("task", "logistic", help="model, data, loss and metric")
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunDirConfig = field(default_factory=RunDirConfig)
     network: Optional[NetworkConfig] = option(None, help="the network that sim_time_s models "
@@ -121,11 +122,6 @@ class Config:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     backend: Literal["auto", "gloo", "nccl"] = option(
         "auto", help="torch.distributed backend: gloo on CPU, nccl with one GPU per process")
-
-    @property
-    def lr_schedule(self) -> LRScheduleConfig:
-        """The learning-rate schedule (the YAML key is ``schedule``)."""
-        return self.schedule
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,22 +176,39 @@ def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, A
     return result
 
 
+#: Top-level keys of older configs, with what replaced them.
+_RENAMED = {"schedule": "renamed to lr_schedule (add name: warmup_step to keep the warm-up and step decay)"}
+
 _LENGTH_KEYS = {"train.steps": "epochs", "train.epochs": "steps"}  # each key: the one it replaces
 
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
     """Parse and validate a plain dict into a :class:`Config`."""
+    for old, message in _RENAMED.items():
+        if old in raw:
+            raise ConfigError(f"{old}: {message}")
     config = _parse_dataclass(Config, raw, "")
     _check_combinations(config)
     return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """The config as plain data (for YAML output and checkpoints)."""
-    return dataclasses.asdict(config)
+    """The config as plain data (for YAML output and checkpoints); the keywords that a section
+    collected for its class are keys of the section again."""
+    result: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("keywords"):
+            result.update(copy.deepcopy(value))
+        elif dataclasses.is_dataclass(value):
+            result[f.name] = to_dict(value)
+        else:
+            result[f.name] = copy.deepcopy(value)
+    return result
 
 
 def dump(config: Config) -> str:
+    """The config as YAML that :func:`load` reads back into an equal config."""
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
@@ -211,6 +224,10 @@ def fields_reference() -> list[tuple[str, str, str, str]]:
             if registry:
                 for name, (options, _) in sorted(REGISTRIES[registry].entries.items()):
                     walk(options, f"{path}[{name}].")
+            elif f.metadata.get("keywords"):
+                rows.append((f"{prefix}KEYWORD", "any", "(none)", f.metadata["help"]))
+                for name, builtin in getattr(cls, "BUILTINS", {}).items():
+                    walk(builtin, f"{prefix.rstrip('.')}[{name}].")
             elif _section_class(hints[f.name]) is not None:
                 walk(_section_class(hints[f.name]), f"{path}.")
             else:
@@ -227,7 +244,10 @@ def reference_markdown() -> str:
     lines = ["# Configuration reference", "",
              "Generated from the config dataclasses by `python scripts/config_reference.py`; a test fails",
              "when this page is stale. Keys are set in the YAML file or with `--set key=value`.",
-             "`algorithm[NAME].key` and `task[NAME].key` exist when `algorithm.name` / `task.name` is NAME.",
+             "`algorithm[NAME].key` and `task[NAME].key` exist when `algorithm.name` / `task.name` is NAME;",
+             "`lr_schedule[NAME].key` when `lr_schedule.name` is the built-in NAME. The `optimizer` and",
+             "`lr_schedule` sections also take the keywords of the class they name (`optimizer.KEYWORD`):",
+             "`momentum` and `nesterov` of `sgd`, `betas` and `eps` of `adamw`, `step_size` of `StepLR`, ...",
              "`algorithm.name` and `task.name` may also be `module.path:ClassName`, a class of your own whose",
              "keys are those of its `Options` dataclass (see [extending.md](extending.md)).", ""]
     section = None
@@ -244,6 +264,19 @@ def reference_markdown() -> str:
 # Parsing machinery
 
 
+def parse_algorithm(raw: Mapping[str, Any], path: str = "algorithm") -> Any:
+    """An ``algorithm`` section on its own (``{"name": ..., **options}``), parsed and checked as in
+    a YAML file: the same one-line :class:`ConfigError` for an unknown name, key or value."""
+    options = _parse_registry_section("algorithm", "dpsgd", raw, path)
+    check = getattr(options, "check", None)
+    if check is not None:
+        try:
+            check(None)
+        except ValueError as exc:
+            raise ConfigError(f"{path}.{_one_line(exc)}") from None
+    return options
+
+
 def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
     where = path.rstrip(".") or "config"
     if raw is None:
@@ -251,12 +284,16 @@ def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping of keys, got {_describe(raw)}")
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("keywords")}
+    keywords = [f.name for f in dataclasses.fields(cls) if f.metadata.get("keywords")]
+    values: dict[str, Any] = {name: {} for name in keywords}
     for key in raw:
         if key not in known:
+            if keywords and isinstance(key, str) and key.isidentifier():
+                values[keywords[0]][key] = _keyword_value(raw[key])
+                continue
             raise ConfigError(f"{path}{_show_key(key)}: unknown key{suggest(str(key), known)}; "
                               f"allowed in {where}: {', '.join(known)}")
-    values = {}
     for name, f in known.items():
         if name not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -273,7 +310,19 @@ def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
         else:
             values[name] = _parse_value(hints[name], raw[name], key_path)
             _check_bounds(values[name], f.metadata.get("bounds", {}), key_path)
-    return cls(**values)
+    result = cls(**values)
+    if keywords:
+        result.check_keywords(path, _parse_dataclass)
+    return result
+
+
+def _keyword_value(value: Any) -> Any:
+    """A class keyword as plain data, with YAML 1.1's strings such as ``1e-8`` read as numbers."""
+    if isinstance(value, str) and _SCIENTIFIC.match(value):
+        return float(value)
+    if isinstance(value, list):
+        return [_keyword_value(v) for v in value]
+    return value
 
 
 def _section_class(hint: Any) -> type | None:

@@ -1,94 +1,281 @@
-"""The local optimizer of a worker and the learning-rate schedule.
+"""The local optimizer of a worker and the learning-rate schedule, both from ``torch.optim``.
 
-The optimizer works on a worker's flat parameter and gradient vectors: SGD with heavy-ball or
-Nesterov momentum, weight decay and gradient-norm clipping. Momentum buffers stay local: they are
-never communicated.
+``optimizer.name`` is a ``torch.optim`` class (``sgd``, ``adamw``, ``adam``, ``rmsprop``, ...,
+by case-insensitive name) or any optimizer class as ``module.path:Class``; the section's other
+keys are keywords of that class. Gossip adds ``weight_decay`` through two parameter groups (only
+tensors with more than one dimension are decayed unless ``weight_decay_1d``) and gradient-norm
+clipping (the worker's). Optimizer state (momentum buffers, Adam moments) stays local: it is never
+communicated.
+
+``lr_schedule.name`` is one of the built-in schedules (``warmup_step``, ``cosine``, in epochs)
+or a ``torch.optim.lr_scheduler`` class (stepped once per training step, so its periods count
+steps). Without an ``lr_schedule`` section the learning rate is constant.
 """
 
 from __future__ import annotations
 
-import bisect
+import dataclasses
+import importlib
+import inspect
+import math
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Mapping, Optional
 
 import torch
+from torch import nn
 
-from gossip.registry import option
+from gossip.registry import ConfigError, keywords_field, option, suggest
 
 
 @dataclass
 class OptimizerConfig:
-    """The local optimizer of every worker: SGD with momentum; momentum buffers stay local."""
+    """The local optimizer of every worker; its state (e.g. momentum buffers) stays local.
 
+    ``options`` holds the class's own keywords (in YAML they are keys of the section), e.g.
+    ``OptimizerConfig(name="sgd", lr=0.1, options={"momentum": 0.9, "nesterov": True})``."""
+
+    name: str = option("sgd", help="a torch.optim class by case-insensitive name (sgd, adamw, adam, rmsprop, "
+                                   "adagrad, ...) or module.path:Class")
     lr: float = option(0.1, help="base learning rate", gt=0)
-    momentum: float = option(0.0, help="heavy-ball (or Nesterov) momentum", ge=0, lt=1)
-    nesterov: bool = option(False, help="Nesterov momentum instead of heavy-ball")
-    weight_decay: float = option(0.0, help="L2 weight decay on tensors with >1 dimension", ge=0)
+    weight_decay: float = option(0.0, help="weight decay on tensors with >1 dimension, as the class applies "
+                                           "it (L2 for sgd, decoupled for adamw)", ge=0)
     weight_decay_1d: bool = option(False, help="also decay 1-D tensors (biases, norm scales)")
     clip_norm: Optional[float] = option(None, help="clip each worker's gradient norm to this", gt=0)
     clip_scope: Literal["worker", "mean"] = option(
         "worker", help="allreduce: clip each worker's gradient before averaging (worker, as the "
                        "reference code does) or the averaged gradient (mean); the gossip algorithms "
                        "always clip each worker's own gradient")
+    options: dict[str, Any] = keywords_field(
+        help="any other key is a keyword of the optimizer class (momentum, nesterov, betas, eps, amsgrad, ...)")
+
+    def check_keywords(self, path: str, parse_dataclass: Callable[[type, Any, str], Any]) -> None:
+        """Resolve ``name`` and check the keywords by building the optimizer over one tensor."""
+        cls = optimizer_class(self.name, f"{path}name")
+        _check_keywords(cls, self, path, reserved=("params", "lr", "weight_decay"))
+        if self.weight_decay and "weight_decay" not in inspect.signature(cls).parameters:
+            raise ConfigError(f"{path}weight_decay: {cls.__name__} takes no weight_decay; allowed: 0")
+        _try(lambda: build_optimizer(self, nn.Linear(1, 1)), path, cls.__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in schedules: multipliers of the base lr at a (fractional) epoch
 
 
 @dataclass
-class LRScheduleConfig:
-    """Learning-rate schedule in epochs: linear warm-up from lr to lr*warmup_factor, step decays."""
+class Constant:
+    """The base learning rate at every step."""
+
+    def __call__(self, epoch: float, total_epochs: float) -> float:
+        return 1.0
+
+
+@dataclass
+class WarmupStep:
+    """Linear warm-up from lr to lr * warmup_factor over warmup_epochs, then x decay at each milestone.
+
+    >>> schedule = WarmupStep(warmup_epochs=5, warmup_factor=11.0, milestones=[150, 225], decay=0.1)
+    >>> [round(0.1 * schedule(epoch, 300), 6) for epoch in (0, 2.5, 5, 149.9, 150, 224.9, 225)]
+    [0.1, 0.6, 1.1, 1.1, 0.11, 0.11, 0.011]
+    """
 
     warmup_epochs: float = option(0.0, help="length of the linear warm-up", ge=0)
     warmup_factor: float = option(1.0, help="the LR after warm-up is lr * warmup_factor", gt=0)
     milestones: list[float] = option([], help="epochs at which the LR is multiplied by decay")
     decay: float = option(0.1, help="multiplier at each milestone", gt=0)
 
-
-class LocalSGD:
-    """SGD on one worker's flat vectors; ``decay_mask`` is 1 where weight decay applies."""
-
-    def __init__(self, config: OptimizerConfig, decay_mask: torch.Tensor) -> None:
-        self.config = config
-        self.decay_mask = decay_mask
-        self.momentum_buffer: torch.Tensor | None = None
-
-    def clip_(self, grad: torch.Tensor) -> None:
-        """Scale ``grad`` in place so that its norm is at most ``clip_norm`` (as torch's clip_grad_norm_)."""
-        if self.config.clip_norm is not None:
-            scale = self.config.clip_norm / (grad.norm() + 1e-6)
-            grad.mul_(scale.clamp(max=1.0))
-
-    def step(self, params: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
-        """``params -= lr * direction(grad)`` in place; ``grad`` is decayed in place (clipping is
-        the caller's :meth:`clip_`, so that all-reduce can clip before or after averaging)."""
-        cfg = self.config
-        if cfg.weight_decay:
-            grad.addcmul_(params, self.decay_mask, value=cfg.weight_decay)
-        direction = grad
-        if cfg.momentum:
-            if self.momentum_buffer is None:
-                self.momentum_buffer = grad.clone()
-            else:
-                self.momentum_buffer.mul_(cfg.momentum).add_(grad)
-            direction = grad.add(self.momentum_buffer, alpha=cfg.momentum) if cfg.nesterov else self.momentum_buffer
-        params.add_(direction, alpha=-lr)
-
-    def state_dict(self) -> dict:
-        return {"momentum_buffer": self.momentum_buffer}
-
-    def load_state_dict(self, state: dict) -> None:
-        buffer = state["momentum_buffer"]
-        self.momentum_buffer = None if buffer is None else buffer.to(self.decay_mask.device)
+    def __call__(self, epoch: float, total_epochs: float) -> float:
+        if epoch < self.warmup_epochs:
+            return 1.0 + (self.warmup_factor - 1.0) * epoch / self.warmup_epochs
+        return self.warmup_factor * self.decay ** sum(epoch >= m for m in self.milestones)
 
 
-def lr_at(base_lr: float, lr_schedule: LRScheduleConfig, epoch: float) -> float:
-    """The LR at (fractional) ``epoch``: linear warm-up from ``base_lr`` to ``base_lr * warmup_factor``
-    over ``warmup_epochs``, then multiplied by ``decay`` at each milestone passed.
+@dataclass
+class Cosine:
+    """Linear warm-up from lr * warmup_start_factor to lr over warmup_epochs, then a half cosine
+    down to lr * final_factor at the run's last step.
 
-    >>> schedule = LRScheduleConfig(warmup_epochs=5, warmup_factor=11.0, milestones=[150, 225], decay=0.1)
-    >>> [round(lr_at(0.1, schedule, epoch), 6) for epoch in (0, 2.5, 5, 149.9, 150, 224.9, 225)]
-    [0.1, 0.6, 1.1, 1.1, 0.11, 0.11, 0.011]
+    >>> schedule = Cosine(warmup_epochs=2, warmup_start_factor=0.1, final_factor=0.0)
+    >>> [round(schedule(epoch, 10), 6) for epoch in (0, 1, 2, 6, 10)]
+    [0.1, 0.55, 1.0, 0.5, 0.0]
     """
-    peak = base_lr * lr_schedule.warmup_factor
-    if epoch < lr_schedule.warmup_epochs:
-        return base_lr + (peak - base_lr) * epoch / lr_schedule.warmup_epochs
-    passed = bisect.bisect_right(sorted(lr_schedule.milestones), epoch)
-    return peak * lr_schedule.decay ** passed
+
+    warmup_epochs: float = option(0.0, help="length of the linear warm-up", ge=0)
+    warmup_start_factor: float = option(0.1, help="the warm-up starts at lr * warmup_start_factor", ge=0)
+    final_factor: float = option(0.0, help="the LR at the last step is lr * final_factor", ge=0)
+
+    def __call__(self, epoch: float, total_epochs: float) -> float:
+        if epoch < self.warmup_epochs:
+            return self.warmup_start_factor + (1.0 - self.warmup_start_factor) * epoch / self.warmup_epochs
+        progress = min(1.0, (epoch - self.warmup_epochs) / max(total_epochs - self.warmup_epochs, 1e-12))
+        return self.final_factor + (1.0 - self.final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+#: The schedules that ``lr_schedule.name`` names besides torch's schedulers.
+BUILTIN_SCHEDULES: dict[str, type] = {"constant": Constant, "warmup_step": WarmupStep, "cosine": Cosine}
+
+
+@dataclass
+class LRScheduleConfig:
+    """The learning rate of every step: a built-in schedule or a torch.optim.lr_scheduler class."""
+
+    name: str = option("constant", help="constant | warmup_step | cosine (in epochs), a "
+                                        "torch.optim.lr_scheduler class by case-insensitive name (stepped "
+                                        "once per step) or module.path:Class")
+    options: dict[str, Any] = keywords_field(
+        help="any other key is a keyword of the schedule: lr_schedule[NAME] below for the built-ins, the "
+             "class's keywords for a torch scheduler (e.g. step_size and gamma of StepLR)")
+    BUILTINS: ClassVar[dict[str, type]] = BUILTIN_SCHEDULES
+
+    def check_keywords(self, path: str, parse_dataclass: Callable[[type, Any, str], Any]) -> None:
+        """Resolve ``name`` and check the keywords (a built-in's as typed config keys) by building
+        the schedule for a short run."""
+        cls = BUILTIN_SCHEDULES.get(self.name.lower())
+        if cls is not None:
+            parsed = parse_dataclass(cls, self.options, path)
+            self.options = {k: getattr(parsed, k) for k in self.options}
+        else:
+            cls = scheduler_class(self.name, f"{path}name")
+            _check_keywords(cls, self, path, reserved=("optimizer", "last_epoch"))
+        _try(lambda: LRSchedule(self, lr=1.0, steps_per_epoch=10, total_steps=100), path, cls.__name__)
+
+
+class LRSchedule:
+    """Step t's learning rate: a torch scheduler over a private one-parameter optimizer whose lr
+    is the run's (the built-ins are ``LambdaLR`` multipliers at epoch t / steps_per_epoch).
+
+    :attr:`lr` is the current step's learning rate, :meth:`advance` moves to the next step, and
+    :meth:`state_dict` / :meth:`load_state_dict` carry the position across a resume."""
+
+    def __init__(self, config: LRScheduleConfig, lr: float, steps_per_epoch: float, total_steps: int) -> None:
+        self._optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+        builtin = BUILTIN_SCHEDULES.get(config.name.lower())
+        if builtin is not None:
+            multiplier = builtin(**config.options)
+            total_epochs = total_steps / steps_per_epoch
+            self._scheduler: Any = torch.optim.lr_scheduler.LambdaLR(
+                self._optimizer, lambda step: multiplier(step / steps_per_epoch, total_epochs))
+        else:
+            cls = scheduler_class(config.name, "lr_schedule.name")
+            self._scheduler = cls(self._optimizer, **_torch_values(config.options))
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the current step."""
+        return float(self._optimizer.param_groups[0]["lr"])
+
+    def advance(self) -> None:
+        """Move to the next step (the private optimizer's parameter has no gradient: its step is empty)."""
+        self._optimizer.step()
+        self._scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self._scheduler.state_dict(), "optimizer": self._optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._scheduler.load_state_dict(state["scheduler"])
+        self._optimizer.load_state_dict(state["optimizer"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+def build_optimizer(config: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer that ``config`` names over ``model``'s trainable parameters, in two parameter
+    groups: weight decay on tensors with more than one dimension (on all with ``weight_decay_1d``)
+    and none on the others (clipping is the worker's, :meth:`gossip.worker.Worker.clip_grads_`)."""
+    cls = optimizer_class(config.name, "optimizer.name")
+    params = [p for p in model.parameters() if p.requires_grad]
+    decayed = [p for p in params if config.weight_decay_1d or p.dim() > 1]
+    plain = [p for p in params if not (config.weight_decay_1d or p.dim() > 1)]
+    if "weight_decay" in inspect.signature(cls).parameters:
+        groups = [{"params": group, "weight_decay": decay}
+                  for group, decay in ((decayed, config.weight_decay), (plain, 0.0)) if group]
+    else:
+        groups = [{"params": params}]
+    return cls(groups, lr=config.lr, **_torch_values(config.options))
+
+
+def optimizer_class(name: str, path: str) -> type:
+    """The ``torch.optim.Optimizer`` subclass that ``name`` names (see the module docstring)."""
+    return _resolve_class(name, torch.optim, torch.optim.Optimizer, path, "optimizer")
+
+
+def scheduler_class(name: str, path: str) -> type:
+    """The ``torch.optim.lr_scheduler`` class that ``name`` names; ``ReduceLROnPlateau`` is refused."""
+    cls = _resolve_class(name, torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler, path,
+                         "learning-rate scheduler", extra=BUILTIN_SCHEDULES)
+    if issubclass(cls, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise ConfigError(f"{path}: ReduceLROnPlateau needs a metric that the training loop does not pass; "
+                          f"use a schedule of the step (warmup_step, cosine, StepLR, ...)")
+    return cls
+
+
+def _resolve_class(name: str, module: Any, base: type, path: str, kind: str, extra: Mapping[str, Any] = {}) -> type:
+    if ":" in name:
+        module_name, _, attribute = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"{path}: cannot import module {module_name!r} ({exc})") from None
+        cls = getattr(module, attribute, None)
+        if cls is None:
+            raise ConfigError(f"{path}: module {module_name!r} has no attribute {attribute!r}"
+                              f"{suggest(attribute, dir(module))}")
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise ConfigError(f"{path}: {name} is not a {base.__module__}.{base.__name__} subclass")
+        return cls
+    classes = {n.lower(): c for n, c in vars(module).items()
+               if isinstance(c, type) and issubclass(c, base) and c is not base and not n.startswith("_")}
+    if name.lower() not in classes:
+        allowed = sorted(list(extra) + [c.__name__ for c in classes.values()], key=str.lower)
+        raise ConfigError(f"{path}: unknown {kind} {name!r}{suggest(name, allowed)}; "
+                          f"allowed: {', '.join(allowed)} or module.path:Class")
+    return classes[name.lower()]
+
+
+def _check_keywords(target: Callable, section: Any, path: str, reserved: tuple[str, ...]) -> None:
+    """Each key of ``section.options`` must be a keyword of ``target`` (a class or function)."""
+    parameters = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    allowed = [k for k, p in parameters.items() if k not in reserved
+               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    fixed = [f.name for f in dataclasses.fields(section) if f.name != "options"]
+    name = getattr(target, "__name__", str(target))
+    for key, value in section.options.items():
+        if key not in allowed:
+            raise ConfigError(f"{path}{key}: unknown key{suggest(key, fixed + allowed)}; allowed: "
+                              f"{', '.join(fixed)} and {name}'s keywords {', '.join(allowed) or '(none)'}")
+        _check_like_default(value, parameters[key].default, f"{path}{key}")
+
+
+def _check_like_default(value: Any, default: Any, path: str) -> None:
+    """A keyword whose default is a bool, a number or a tuple takes a value of that kind."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif number(default):  # torch writes some float defaults as ints (SGD's momentum=0)
+        ok, expected = number(value), "a number"
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list) and len(value) == len(default) and all(map(number, value))
+        expected = f"a list of {len(default)} numbers"
+    else:
+        return
+    if not ok:
+        shown = f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
+        raise ConfigError(f"{path}: expected {expected}, got {shown}")
+
+
+def _try(build: Callable[[], Any], path: str, name: str) -> None:
+    try:
+        build()
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{path.rstrip('.')}: {name} refuses these keywords ({' '.join(str(exc).split())})") from None
+
+
+def _torch_values(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords as torch takes them: YAML lists (``betas: [0.9, 0.95]``) become tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}

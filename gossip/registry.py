@@ -31,6 +31,13 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **bounds: float) 
     return field(default=default, metadata=metadata)
 
 
+def keywords_field(help: str = "") -> Any:
+    """A ``dict`` field that collects the keys of its section that no other field names (the
+    keywords of a class that the section names). Its dataclass defines ``check_keywords(path,
+    parse_dataclass)``, which the config parser calls to validate them."""
+    return field(default_factory=dict, metadata={"help": help, "bounds": {}, "keywords": True})
+
+
 def suggest(word: str, candidates: Any) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``candidates`` to ``word``, or nothing."""
     close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Literal, Optional, Union
 
 from gossip.registry import option
@@ -40,13 +41,16 @@ Event = tuple[str, dict]
 
 #: A rate or a time as written in the config (a number without a unit is reported, not guessed).
 Quantity = Union[str, float]
-RATE_UNITS = {"bit/s": 1 / 8, "kbit/s": 1e3 / 8, "Mbit/s": 1e6 / 8, "Gbit/s": 1e9 / 8, "Tbit/s": 1e12 / 8,
-              "B/s": 1.0, "kB/s": 1e3, "MB/s": 1e6, "GB/s": 1e9, "TB/s": 1e12}
-TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+#: Units as exact fractions, so that ``20us`` is the float nearest to 20 · 10⁻⁶ on every platform.
+RATE_UNITS = {"bit/s": Fraction(1, 8), "kbit/s": Fraction(10**3, 8), "Mbit/s": Fraction(10**6, 8),
+              "Gbit/s": Fraction(10**9, 8), "Tbit/s": Fraction(10**12, 8), "B/s": Fraction(1),
+              "kB/s": Fraction(10**3), "MB/s": Fraction(10**6), "GB/s": Fraction(10**9), "TB/s": Fraction(10**12)}
+TIME_UNITS = {"s": Fraction(1), "ms": Fraction(1, 10**3), "us": Fraction(1, 10**6), "µs": Fraction(1, 10**6),
+              "ns": Fraction(1, 10**9)}
 _QUANTITY = re.compile(r"^\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)\s*([^\d\s.].*?)\s*$")
 
 
-def parse_quantity(text: Any, units: dict[str, float], what: str) -> float:
+def parse_quantity(text: Any, units: dict[str, Fraction], what: str) -> float:
     """``"10Gbit/s"`` → bytes per second, ``"20us"`` → seconds: a non-negative number and a unit
     of ``units``; a ``ValueError`` naming the allowed units otherwise.
 
@@ -57,7 +61,7 @@ def parse_quantity(text: Any, units: dict[str, float], what: str) -> float:
     if found is None or found.group(2) not in units:
         raise ValueError(f"{text!r} is not {what}; write a number and one of the units {', '.join(units)} "
                          f"(e.g. {'20us' if what == 'a time' else '10Gbit/s'})")
-    return float(found.group(1)) * units[found.group(2)]
+    return float(Fraction(found.group(1)) * units[found.group(2)])
 
 
 def parse_rate(text: Any) -> float:

@@ -309,7 +309,7 @@ def plan(config: Config, placement: Placement) -> str:
         f"bytes        worker 0 sends {exact_bytes(per_step)} B = {per_step / 2**20:.3f} MiB per step, "
         f"{per_step * task.steps_per_epoch / 2**20:.1f} MiB per epoch ({task.steps_per_epoch} steps)",
         f"optimizer    {config_module.to_dict(config.optimizer)}",
-        f"schedule     {config_module.to_dict(config.lr_schedule)}",
+        f"lr_schedule  {config_module.to_dict(config.lr_schedule)}",
         f"train        {length}, batch {config.train.batch_size} per worker, eval every {config.train.eval_every}",
         f"run dir      {config.run.dir}",
         *simulated,

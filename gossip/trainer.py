@@ -26,7 +26,7 @@ from gossip.algorithms import ALGORITHMS, Algorithm
 from gossip.config import Config
 from gossip.faults import LinkFaults
 from gossip.network import Network
-from gossip.optim import lr_at
+from gossip.optim import LRSchedule
 from gossip.seeding import seed_for
 from gossip.simclock import SimClock, TrafficLog, merge
 from gossip.tasks import TASKS, Task
@@ -69,6 +69,7 @@ class Trainer:
         self.steps_per_epoch = self.task.steps_per_epoch()
         train = config.train
         self.total_steps = train.steps if train.steps is not None else math.ceil(train.epochs * self.steps_per_epoch)
+        self.lr_schedule = LRSchedule(config.lr_schedule, config.optimizer.lr, self.steps_per_epoch, self.total_steps)
         self.step = 0
         self.loss_sum = torch.zeros(len(self.workers), dtype=torch.float64, device=network.device)
         self.loss_count = 0
@@ -120,10 +121,11 @@ class Trainer:
         self.time["comm"] += comm
         self.time["codec"] += time.perf_counter() - start - (self.time["compute"] - compute0) - comm
         self.step += 1
+        self.lr_schedule.advance()
 
     def learning_rate(self) -> float:
         """This step's learning rate, from the run's ``lr_schedule``."""
-        return lr_at(self.config.optimizer.lr, self.config.lr_schedule, self.step / self.steps_per_epoch)
+        return self.lr_schedule.lr
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -191,7 +193,8 @@ class Trainer:
                 "stream": self.streams[w.id].state_dict(), "memory": w.memory,
                 "bytes_sent": self.network.bytes_sent[w.id], "loss_sum": self.loss_sum[k],
                 "loss_count": self.loss_count, "step": self.step, "time": dict(self.time),
-                "sim_finish_s": self.clock.finish[w.id] if self.clock is not None else 0.0}
+                "sim_finish_s": self.clock.finish[w.id] if self.clock is not None else 0.0,
+                "lr_schedule": self.lr_schedule.state_dict()}
 
     def save_checkpoint(self) -> None:
         """Copy every local worker's state and write the checkpoint in the background (after the
@@ -222,6 +225,7 @@ class Trainer:
             self.network.bytes_sent[w.id] = state["bytes_sent"]
             self.loss_sum[k] = state["loss_sum"]
             self.loss_count, self.step, self.time = state["loss_count"], state["step"], state["time"]
+            self.lr_schedule.load_state_dict(state["lr_schedule"])
             finish.append(state.get("sim_finish_s", 0.0))
         if self.clock is not None:
             self.clock.finish = self.network.gather_per_worker(finish).tolist()

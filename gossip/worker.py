@@ -14,23 +14,41 @@ from typing import Any
 import torch
 from torch import nn
 
-from gossip.optim import OptimizerConfig
-from gossip.optim import LocalSGD
+from gossip.optim import OptimizerConfig, build_optimizer
 from gossip.seeding import seed_for
 
 
 class Worker:
-    """A worker's model, flat parameter/gradient vectors, local optimizer and random state."""
+    """A worker's model, flat parameter/gradient vectors, local optimizer and random state.
 
-    def __init__(self, worker_id: int, model: nn.Module, optimizer: OptimizerConfig, seed: int,
-                 device: torch.device | str = "cpu") -> None:
+    ``optimizer`` is an :class:`OptimizerConfig` (the worker builds the optimizer it names and clips as it says)
+    or a ``torch.optim`` optimizer over exactly the model's trainable parameters, used as is (no
+    clipping). Either way :attr:`optimizer` is a torch optimizer; it steps the parameters, whose
+    ``.grad`` are the views into ``grads``.
+    """
+
+    def __init__(self, worker_id: int, model: nn.Module, optimizer: OptimizerConfig | torch.optim.Optimizer,
+                 seed: int, device: torch.device | str = "cpu") -> None:
         self.id = worker_id
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        if isinstance(optimizer, torch.optim.Optimizer):
+            _check_optimizer_parameters(optimizer, self.model)
+            self.optimizer: torch.optim.Optimizer = optimizer
+            self.clip_norm: float | None = None
+            self.clip_scope = "worker"
+        else:
+            self.optimizer = build_optimizer(optimizer, self.model)
+            self.clip_norm, self.clip_scope = optimizer.clip_norm, optimizer.clip_scope
         self.names, self.views, self.params, self.grads = flatten_parameters(self.model)
-        self.optimizer = LocalSGD(optimizer, decay_mask(self.views, self.params, optimizer.weight_decay_1d))
         self.memory: dict[str, Any] = {}
         self.rng_state = _seeded_rng_state(seed_for(seed, "worker", worker_id), self.device)
+
+    def clip_grads_(self) -> None:
+        """Scale ``grads`` in place so that their norm is at most ``clip_norm`` (as torch's
+        ``clip_grad_norm_``); nothing without a ``clip_norm``."""
+        if self.clip_norm is not None:
+            self.grads.mul_((self.clip_norm / (self.grads.norm() + 1e-6)).clamp(max=1.0))
 
     def forked_rng(self) -> "_WorkerRNG":
         """A context in which torch's global generator is this worker's own (for dropout etc.)."""
@@ -71,16 +89,13 @@ def flatten_parameters(model: nn.Module) -> tuple[list[str], list[torch.Tensor],
     return [name for name, _ in named], views, params, grads
 
 
-def decay_mask(views: list[torch.Tensor], params: torch.Tensor, decay_1d: bool) -> torch.Tensor:
-    """1 on the entries that weight decay applies to (1-D tensors only if ``decay_1d``)."""
-    mask = torch.ones_like(params)
-    if not decay_1d:
-        offset = 0
-        for view in views:
-            if view.dim() <= 1:
-                mask[offset:offset + view.numel()] = 0
-            offset += view.numel()
-    return mask
+def _check_optimizer_parameters(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Refuse an optimizer that does not step exactly ``model``'s trainable parameters."""
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if stepped != trainable:
+        raise ValueError(f"the optimizer must step exactly the model's {len(trainable)} trainable parameters; "
+                         f"it steps {len(stepped)}, {len(stepped - trainable)} of them not the model's")
 
 
 def replicate(model: nn.Module, count: int) -> list[nn.Module]:

@@ -31,12 +31,21 @@ _hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 240, torchrun: int | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m gossip.train ARGS`` (or under ``torchrun --standalone``) and capture output."""
-    launcher = [sys.executable, "-m", "gossip.train"]
     if torchrun is not None:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={torchrun}", "-m", "gossip.train"]
+        return run_torchrun(["-m", "gossip.train", *args], torchrun, cwd, timeout)
+    return _run([sys.executable, "-m", "gossip.train", *args], cwd, timeout)
+
+
+def run_torchrun(args: list[str], processes: int, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``torchrun --standalone --nproc_per_node PROCESSES ARGS`` (a script or ``-m module``);
+    ``--standalone`` binds its rendezvous to a port the system chooses, so no port is picked here."""
+    return _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 f"--nproc_per_node={processes}", *args], cwd, timeout)
+
+
+def _run(command: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run(launcher + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

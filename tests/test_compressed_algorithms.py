@@ -54,7 +54,7 @@ def make_workers(n: int, spread: float = 1.0, momentum: float = 0.0) -> list[Wor
     """Workers of a small MLP whose tensors (15, 3, 6, 2 entries) are not multiples of 8 long."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 2))
-    workers = [Worker(i, copy.deepcopy(model), OptimizerConfig(lr=0.1, momentum=momentum), seed=0) for i in range(n)]
+    workers = [Worker(i, copy.deepcopy(model), OptimizerConfig(lr=0.1, options={"momentum": momentum}), seed=0) for i in range(n)]
     for w in workers:
         w.params.add_(spread * torch.randn(w.params.shape))
     return workers

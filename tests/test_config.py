@@ -24,18 +24,22 @@ def error_of(raw: dict, overrides=()) -> str:
 
 def test_defaults_and_sections_parse():
     config = load({"workers": 8, "topology": {"name": "torus", "rows": 2, "cols": 4},
-                   "optimizer": {"lr": 1, "momentum": 0.9}, "schedule": {"milestones": [1, 2.5]}})
+                   "optimizer": {"lr": 1, "momentum": 0.9},
+                   "lr_schedule": {"name": "warmup_step", "milestones": [1, 2.5]}})
     assert config.workers == 8 and config.topology.rows == 2
     assert config.optimizer.lr == 1.0 and isinstance(config.optimizer.lr, float)
-    assert config.schedule.milestones == [1.0, 2.5]
+    assert config.optimizer.options == {"momentum": 0.9}
+    assert config.lr_schedule.options == {"milestones": [1.0, 2.5]}
     assert config.algorithm.name == "dpsgd" and config.task.name == "logistic"
 
 
 def test_set_overrides_are_typed_by_the_dataclass():
     config = load({}, ["optimizer.lr=0.5", "workers=6", "algorithm.name=allreduce", "task.dim=3",
-                       "optimizer.nesterov=true", "schedule.milestones=[3, 4]"])
+                       "optimizer.momentum=0.9", "optimizer.nesterov=true",
+                       "lr_schedule.name=warmup_step", "lr_schedule.milestones=[3, 4]"])
     assert (config.optimizer.lr, config.workers, config.algorithm.name, config.task.dim) == (0.5, 6, "allreduce", 3)
-    assert config.optimizer.nesterov is True and config.schedule.milestones == [3.0, 4.0]
+    assert config.optimizer.options == {"momentum": 0.9, "nesterov": True}
+    assert config.lr_schedule.options["milestones"] == [3.0, 4.0]
     assert load({}, ["optimizer.lr=1e-3"]).optimizer.lr == 1e-3  # YAML 1.1 reads 1e-3 as a string
     assert "expected an integer" in error_of({}, ["workers=many"])
 
@@ -78,7 +82,7 @@ def test_reference_lists_every_key_with_help():
     rows = cfg.fields_reference()
     paths = [r[0] for r in rows]
     for key in ["seed", "workers", "topology.name", "algorithm[dpsgd].name", "task[logistic].dim",
-                "optimizer.lr", "schedule.milestones", "train.steps", "train.eval_every", "run.dir", "backend"]:
+                "optimizer.lr", "optimizer.KEYWORD", "lr_schedule.name", "lr_schedule[warmup_step].milestones", "train.steps", "train.eval_every", "run.dir", "backend"]:
         assert key in paths
     assert all(help_text for *_, help_text in rows)
 

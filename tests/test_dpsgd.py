@@ -108,7 +108,7 @@ def test_allreduce_keeps_workers_identical_and_counts_ring_bytes():
 
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_single_worker_dpsgd_is_torch_sgd(nesterov):
-    config = OptimizerConfig(lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=0.01,
+    config = OptimizerConfig(lr=0.05, options={"momentum": 0.9, "nesterov": nesterov}, weight_decay=0.01,
                              weight_decay_1d=True, clip_norm=0.5)
     (worker,) = make_workers(1, optimizer=config)
     reference = copy.deepcopy(worker.model)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from gossip import checkpoint
 from gossip.algorithms import ALGORITHMS
@@ -90,6 +91,24 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path, reference, variant):
                  *BASE]) == 0
     assert main(["--resume", str(run_dir), "--set", "train.steps=40", "--no-progress"]) == 0
     assert_same_run(run_dir, reference(variant))
+
+
+def test_adamw_with_a_cosine_schedule_from_yaml_resumes_bitwise(tmp_path, capsys):
+    """AdamW's moments and the schedule's position come back: a 40-step run whose last checkpoint
+    is lost resumes from step 30 and ends as the uninterrupted run (the cosine ends at step 40)."""
+    config = yaml.safe_load(Path(CONFIG).read_text())
+    config["optimizer"] = {"name": "adamw", "lr": 0.01, "betas": [0.9, 0.95], "weight_decay": 0.1}
+    config["lr_schedule"] = {"name": "cosine", "warmup_epochs": 1, "final_factor": 0.1}
+    path = tmp_path / "adamw_cosine.yaml"
+    path.write_text(yaml.safe_dump(config))
+    reference, run_dir = tmp_path / "reference", tmp_path / "run"
+    assert main(["--config", str(path), "--run-dir", str(reference), "--set", "train.steps=40", *BASE]) == 0
+    shutil.copytree(reference, run_dir)
+    shutil.rmtree(run_dir / checkpoint.DIRECTORY / "step_00000040")
+    capsys.readouterr()
+    assert main(["--resume", str(run_dir), "--no-progress"]) == 0
+    assert "from step 30" in capsys.readouterr().err
+    assert_same_run(run_dir, reference)
 
 
 def _first_20_steps_of_every_variant(rank: int, world_size: int, root: str) -> dict[str, int]:

@@ -84,13 +84,13 @@ def test_rows_grid_and_seeds_expand_into_every_combination():
 def test_a_sweep_file_is_read_with_base_next_to_it(tmp_path):
     (tmp_path / "base.yaml").write_text("train: {steps: 5}\n")
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"base": "base.yaml", "seeds": [3], "set": {"schedule.milestones": [1, 2]},
+    path.write_text(yaml.safe_dump({"base": "base.yaml", "seeds": [3], "set": {"lr_schedule.milestones": [1, 2]},
                                     "rows": [{"label": "a", "set": {"optimizer": {"lr": [0.1, 0.2]}}}]}))
     sweep = sweepfile.load(path)
     assert sweep.base == tmp_path / "base.yaml"
     assert sweep.rows[0].swept == {"optimizer.lr": [0.1, 0.2]}
-    assert sweep.common == {"schedule.milestones": [1, 2]}
-    assert [run.overrides[0] for run in sweep.runs()] == ["schedule.milestones=[1, 2]"] * 2
+    assert sweep.common == {"lr_schedule.milestones": [1, 2]}
+    assert [run.overrides[0] for run in sweep.runs()] == ["lr_schedule.milestones=[1, 2]"] * 2
 
 
 @pytest.mark.parametrize("content, message", [

@@ -39,12 +39,12 @@ class AllReduce(Algorithm):
     def step_events(cls, options: AllReduceOptions) -> tuple[str, ...]:
         return ("compute", "collective")
 
-    def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
+    def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         compute_gradients()
-        clip_each = self.workers[0].optimizer.config.clip_scope == "worker"
+        clip_each = self.workers[0].clip_scope == "worker"
         if clip_each:
             for w in self.workers:
-                w.optimizer.clip_(w.grads)
+                w.clip_grads_()
         mean = self.network.mean_over_workers([w.grads for w in self.workers])
         n = self.network.n
         for w in self.workers:

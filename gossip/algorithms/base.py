@@ -70,9 +70,10 @@ class Algorithm(ABC):
         return ("compute", "round")
 
     @abstractmethod
-    def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
+    def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         """Run training step ``t``: call ``compute_gradients()`` exactly once (it fills every local
-        worker's ``grads`` at its current ``params``), communicate, and update ``params`` in place."""
+        worker's ``grads`` at its current ``params``), communicate, and update ``params`` in place
+        (with learning rate ``lr``; ``None`` leaves the optimizers' own)."""
 
     @classmethod
     @abstractmethod
@@ -97,17 +98,21 @@ class Algorithm(ABC):
 
     # --- helpers shared by the algorithms -----------------------------------------------------
 
-    def local_step(self, lr: float, clip: bool = True) -> None:
+    def local_step(self, lr: float | None, clip: bool = True) -> None:
         """``x_i ← opt_i(x_i, g_i)`` for every local worker: clip ``g_i`` (unless ``clip`` is
-        false: it was clipped already), then the optimizer's step."""
+        false: it was clipped already), write ``lr`` into the optimizer's parameter groups (unless
+        it is ``None``), then the optimizer's step."""
         start = time.perf_counter()
         for w in self.workers:
             if clip:
-                w.optimizer.clip_(w.grads)
-            w.optimizer.step(w.params, w.grads, lr)
+                w.clip_grads_()
+            if lr is not None:
+                for group in w.optimizer.param_groups:
+                    group["lr"] = lr
+            w.optimizer.step()
         self.optimizer_s += time.perf_counter() - start
 
-    def gradient_step(self, lr: float, compute_gradients: Callable[[], None]) -> None:
+    def gradient_step(self, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         """The gradients at the current parameters, then :meth:`local_step`."""
         compute_gradients()
         self.local_step(lr)
@@ -162,7 +167,7 @@ class GossipAlgorithm(Algorithm):
     def step_events(cls, options: Any) -> tuple[str, ...]:
         return ("round", "compute") if options.order == "overlap" else ("compute", "round")
 
-    def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
+    def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         topology = self.schedule(t)
         if self.options.order == "overlap":
             pending = self.start_gossip(t, topology)

@@ -32,5 +32,5 @@ class Local(Algorithm):
     def step_events(cls, options: LocalOptions) -> tuple[str, ...]:
         return ("compute",)
 
-    def step(self, t: int, lr: float, compute_gradients: Callable[[], None]) -> None:
+    def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         self.gradient_step(lr, compute_gradients)
