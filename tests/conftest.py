@@ -43,6 +43,16 @@ def run_torchrun(args: list[str], processes: int, cwd: Path, timeout: float = 24
                  f"--nproc_per_node={processes}", *args], cwd, timeout)
 
 
+def failure(result: subprocess.CompletedProcess) -> str:
+    """What a failed job printed, without torchrun's own traceback and summary when a worker's
+    message comes before them: the worker's error is the useful part."""
+    stderr = result.stderr
+    agent = stderr.find("torch.distributed.elastic.multiprocessing.errors.ChildFailedError")
+    start = stderr.rfind("Traceback", 0, agent) if agent >= 0 else -1
+    head = stderr[:start] if start > 0 else stderr
+    return head[-4000:] + ("\n[torchrun's summary]\n" + stderr[-1200:] if start > 0 else "")
+
+
 def _run(command: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

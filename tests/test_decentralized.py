@@ -17,7 +17,7 @@ from gossip import ConfigError, DecentralizedOptimizer
 from gossip.spawn import spawn
 from gossip.train import main
 
-from conftest import read_metrics, run_torchrun
+from conftest import failure, read_metrics, run_torchrun
 
 STEPS = 12
 
@@ -36,7 +36,7 @@ def test_a_torchrun_script_gives_the_numbers_of_the_trainer_in_one_process(tmp_p
     for key, value in options.items():
         script += ["--option", f"{key}={value}"]
     result = run_torchrun([str(root / "examples/torchrun_gossip.py"), *script], 4, cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, failure(result)
     one = read_metrics(tmp_path / "one")
     four = [json.loads(line) for line in (tmp_path / "four.jsonl").read_text().splitlines()]
     assert [r["step"] for r in four] == [r["step"] for r in one] == list(range(1, STEPS + 1))
