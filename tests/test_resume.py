@@ -294,8 +294,6 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
 # --- restarts: the same command continues the run (run.resume: auto) -------------------------------
 
 RESTARTED = ["dpsgd", "powergossip", "choco"]
-# The torchrun tests (20-40 s each) take one algorithm with extra state each: PowerGossip's
-# warm-started vectors, Choco's public estimates.
 # Long enough (about 2 s of training in 4 processes) that the test stops the job after its first
 # checkpoint (step 10) and well before its end.
 LONG = 120
@@ -337,7 +335,7 @@ def _communicate(job: subprocess.Popen, timeout: float) -> tuple[int, str]:
     return job.returncode, err
 
 
-@pytest.mark.parametrize("variant", ["powergossip"])
+@pytest.mark.parametrize("variant", RESTARTED)
 def test_torchrun_restarts_a_job_after_a_killed_process_and_it_continues(tmp_path, reference, variant):
     run_dir = tmp_path / "run"
     args = ["--config", CONFIG, "--run-dir", str(run_dir), *sets(variant), "--set", f"train.steps={LONG}",
@@ -351,7 +349,7 @@ def test_torchrun_restarts_a_job_after_a_killed_process_and_it_continues(tmp_pat
     assert_same_run(run_dir, reference(variant, LONG), bitwise=False)  # 4 processes, and 1 for the reference
 
 
-@pytest.mark.parametrize("variant", ["choco"])
+@pytest.mark.parametrize("variant", RESTARTED)
 def test_sigterm_on_4_processes_then_the_same_command_on_2_continues(tmp_path, reference, variant):
     run_dir = tmp_path / "run"
     args = ["--config", CONFIG, "--run-dir", str(run_dir), *sets(variant), "--set", f"train.steps={LONG}", *BASE]
