@@ -1,6 +1,7 @@
 """Every algorithm's update with real gradients, in both orders, against its paper's formula.
 
-Three workers on a ring (``W = 1/3`` everywhere), each with its own starting point and its own
+Three workers on a ring (``W = 1/3`` everywhere; five for the methods whose corrections cancel
+under exact averaging: gradient tracking, D² and quasi-global momentum), each with its own starting point and its own
 quadratic, so that the gradient ``g_i(x) = A_i x + c_i`` depends on where it is taken: an
 algorithm that takes it at the wrong point, or mixes before instead of after the step, lands
 elsewhere. Two steps are taken, so that state carried from one step to the next (Choco's public
@@ -20,11 +21,12 @@ from torch import nn
 
 import topologies
 from gossip import OptimizerConfig
-from gossip.algorithms import AllReduce, Choco, DeepSqueeze, DPSGD, Local, Moniqua, PowerGossip
+from gossip.algorithms import AllReduce, Choco, D2, DeepSqueeze, DPSGD, GradientTracking, Local, Moniqua, PowerGossip, QGM
 from gossip.network import Network
 from gossip.worker import Worker
 
 N, LR, STEPS = 3, 0.1, 2
+N_SPARSE = 5  # a ring on which one round is not exact averaging
 ORDERS = ["overlap", "step_first"]
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
 
@@ -32,21 +34,22 @@ TOLERANCE = dict(atol=1e-5, rtol=1e-5)
 class Problem:
     """Three workers of a ``Linear(3, 2)`` model (a 2×3 matrix and a bias of 2) and their quadratics."""
 
-    def __init__(self, clip_norm: float | None = None, clip_scope: str = "worker", spread: float = 1.0) -> None:
+    def __init__(self, clip_norm: float | None = None, clip_scope: str = "worker", spread: float = 1.0,
+                 momentum: float = 0.0, n: int = N) -> None:
         gen = torch.Generator().manual_seed(0)
         model = nn.Linear(3, 2)
-        config = OptimizerConfig(lr=LR, clip_norm=clip_norm, clip_scope=clip_scope)
-        self.workers = [Worker(i, copy.deepcopy(model), config, seed=0) for i in range(N)]
+        config = OptimizerConfig(lr=LR, clip_norm=clip_norm, clip_scope=clip_scope,
+                                 options={"momentum": momentum} if momentum else {})
+        self.workers = [Worker(i, copy.deepcopy(model), config, seed=0) for i in range(n)]
         d = self.workers[0].params.numel()
-        self.start = spread * torch.randn(N, d, generator=gen)
+        self.start = spread * torch.randn(n, d, generator=gen)
         for w in self.workers:
             w.params.copy_(self.start[w.id])
-        self.A = torch.randn(N, d, d, generator=gen) / d ** 0.5
-        self.c = torch.randn(N, d, generator=gen)
+        self.A = torch.randn(n, d, d, generator=gen) / d ** 0.5
+        self.c = torch.randn(n, d, generator=gen)
         self.calls = 0
-        self.ring = topologies.ring(N)
+        self.ring = topologies.ring(n)
         self.W = torch.tensor(self.ring.W, dtype=torch.float64)
-        assert torch.allclose(self.W, torch.full((N, N), 1 / 3, dtype=torch.float64))
 
     def compute_gradients(self) -> None:
         self.calls += 1
@@ -59,7 +62,7 @@ class Problem:
 
     def run(self, algorithm_class: type, **options: object) -> torch.Tensor:
         options = algorithm_class.Options(**options)
-        algorithm = algorithm_class(self.ring, Network(N), self.workers, options=options, seed=0)
+        algorithm = algorithm_class(self.ring, Network(self.ring.n), self.workers, options=options, seed=0)
         for t in range(STEPS):
             algorithm.step(t, LR, self.compute_gradients)
         assert self.calls == STEPS  # compute_gradients exactly once per step
@@ -178,6 +181,51 @@ def test_powergossip(order):
     got = problem.run(PowerGossip, order=order, iterations=2)
     torch.testing.assert_close(got, X, **TOLERANCE)
     assert not torch.allclose(got, problem.W @ got)  # rank 1 is not exact averaging: a real test
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_gradient_tracking(order):
+    """``y^t = W y^{t-1} + g^t − g^{t-1}`` from zeros; DIGing ``x = W x − η y`` (overlap) or DSGT
+    ``x = W (x − η y)`` (step_first)."""
+    problem = Problem(n=N_SPARSE)
+    X, Y = problem.start.double(), torch.zeros(N_SPARSE, problem.start.shape[1], dtype=torch.float64)
+    previous = torch.zeros_like(Y)
+    for _ in range(STEPS):
+        G = problem.gradient(X)
+        Y, previous = problem.W @ Y + G - previous, G
+        X = problem.W @ X - LR * Y if order == "overlap" else problem.W @ (X - LR * Y)
+    torch.testing.assert_close(problem.run(GradientTracking, order=order), X, **TOLERANCE)
+
+
+def test_d2():
+    """``x^1 = W (x^0 − η g^0)``, then ``x^{t+1} = W (2 x^t − x^{t-1} − η g^t + η g^{t-1})``."""
+    problem = Problem(n=N_SPARSE)
+    X = problem.start.double()
+    G = problem.gradient(X)
+    X, previous, G_previous = problem.W @ (X - LR * G), X, G
+    for _ in range(STEPS - 1):
+        G = problem.gradient(X)
+        X, previous, G_previous = problem.W @ (2 * X - previous - LR * G + LR * G_previous), X, G
+    torch.testing.assert_close(problem.run(D2), X, **TOLERANCE)
+    assert not torch.allclose(X, reference("step_first", Problem(n=N_SPARSE), lambda V: problem.W @ V))  # not D-PSGD
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("mu", [None, 0.5])
+def test_qgm(order, mu):
+    """``m = β m̂ + g``; D-PSGD with ``m`` for ``g``; ``m̂ = μ m̂ + (1 − μ)(x^t − x^{t+1})/η``."""
+    beta = 0.9
+    problem = Problem(momentum=beta, n=N_SPARSE)
+    X, M_hat = problem.start.double(), torch.zeros(N_SPARSE, problem.start.shape[1], dtype=torch.float64)
+    for _ in range(STEPS):
+        M = beta * M_hat + problem.gradient(X)
+        new = problem.W @ X - LR * M if order == "overlap" else problem.W @ (X - LR * M)
+        M_hat = (beta if mu is None else mu) * M_hat + (1 - (beta if mu is None else mu)) * (X - new) / LR
+        X = new
+    options = {"order": order} if mu is None else {"order": order, "mu": mu}
+    torch.testing.assert_close(problem.run(QGM, **options), X, **TOLERANCE)
+    local_momentum = Problem(momentum=beta, n=N_SPARSE)
+    assert not torch.allclose(local_momentum.run(DPSGD, order=order), X, atol=1e-3)  # not D-PSGD with momentum
 
 
 def test_local():

@@ -3,11 +3,14 @@
 from gossip.algorithms.allreduce import AllReduce, AllReduceOptions
 from gossip.algorithms.base import Algorithm
 from gossip.algorithms.choco import Choco, ChocoOptions
+from gossip.algorithms.d2 import D2, D2Options
 from gossip.algorithms.deepsqueeze import DeepSqueeze, DeepSqueezeOptions
 from gossip.algorithms.dpsgd import DPSGD, DPSGDOptions
+from gossip.algorithms.gradient_tracking import GradientTracking, GradientTrackingOptions
 from gossip.algorithms.local import Local, LocalOptions
 from gossip.algorithms.moniqua import Moniqua, MoniquaOptions
 from gossip.algorithms.powergossip import PowerGossip, PowerGossipOptions
+from gossip.algorithms.qgm import QGM, QGMOptions
 from gossip.registry import Registry
 
 ALGORITHMS = Registry("algorithm", Algorithm)
@@ -18,5 +21,9 @@ ALGORITHMS.register("choco", Choco)
 ALGORITHMS.register("deepsqueeze", DeepSqueeze)
 ALGORITHMS.register("moniqua", Moniqua)
 ALGORITHMS.register("powergossip", PowerGossip)
+ALGORITHMS.register("gradient_tracking", GradientTracking)
+ALGORITHMS.register("d2", D2)
+ALGORITHMS.register("qgm", QGM)
 
-__all__ = ["ALGORITHMS", "Algorithm", "AllReduce", "Choco", "DPSGD", "DeepSqueeze", "Moniqua", "PowerGossip"]
+__all__ = ["ALGORITHMS", "Algorithm", "AllReduce", "Choco", "D2", "DPSGD", "DeepSqueeze", "GradientTracking",
+           "Moniqua", "PowerGossip", "QGM"]

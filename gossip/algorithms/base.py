@@ -24,6 +24,11 @@ from topologies import Schedule, StaticSchedule, Topology
 Order = Literal["overlap", "step_first"]
 
 
+def order_events(order: Order) -> tuple[str, ...]:
+    """A step's events (:meth:`Algorithm.step_events`) for one gossip round in ``order``."""
+    return ("round", "compute") if order == "overlap" else ("compute", "round")
+
+
 class Algorithm(ABC):
     """One decentralized method, run for the local workers of one process.
 
@@ -165,7 +170,7 @@ class GossipAlgorithm(Algorithm):
 
     @classmethod
     def step_events(cls, options: Any) -> tuple[str, ...]:
-        return ("round", "compute") if options.order == "overlap" else ("compute", "round")
+        return order_events(options.order)
 
     def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         topology = self.schedule(t)

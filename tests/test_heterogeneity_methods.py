@@ -1,0 +1,83 @@
+"""The defining properties of the methods for heterogeneous data: gradient tracking and D² reach
+the exact optimum at a constant step size where D-PSGD cannot, and their start-up checks.
+
+The exactness runs train the synthetic least-squares task in float64 with full batches (exact
+gradients), 7 workers on a ring (an even ring's W has the eigenvalue −1/3 that D² refuses), each worker's true model 1.0 apart from the common one, so that
+each worker's own optimum is far from the global one."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import topologies
+from gossip import OptimizerConfig
+from gossip import config as config_module
+from gossip.algorithms import D2, QGM
+from gossip.network import Network
+from gossip.trainer import Trainer
+from gossip.worker import Worker
+
+WORKERS, SAMPLES, STEPS, LR = 7, 64, 400, 0.1
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def distance_to_optimum(algorithm: dict) -> float:
+    """The largest relative distance ``‖x_i − x*‖ / ‖x*‖`` over the workers after ``STEPS`` steps."""
+    raw = dict(seed=0, workers=WORKERS, topology={"name": "ring"}, algorithm=algorithm,
+               task={"name": "least_squares", "dim": 10, "samples_per_worker": SAMPLES, "heterogeneity": 1.0},
+               optimizer={"lr": LR}, train={"steps": STEPS, "batch_size": SAMPLES, "eval_every": STEPS,
+                                            "local_eval": False})
+    trainer = Trainer(config_module.from_dict(raw), Network(WORKERS), progress=False)
+    inputs = torch.cat([torch.cat([x, torch.ones(len(x), 1)], 1) for x, _ in trainer.task.train_data])
+    targets = torch.cat([y for _, y in trainer.task.train_data])
+    optimum = torch.linalg.lstsq(inputs, targets[:, None]).solution[:, 0]  # Linear's weight, then its bias
+    trainer.run()
+    models = torch.stack([w.params for w in trainer.workers])
+    assert models.dtype == torch.float64
+    return ((models - optimum).norm(dim=1).max() / optimum.norm()).item()
+
+
+@pytest.mark.parametrize("algorithm", [{"name": "gradient_tracking", "order": "overlap"},
+                                       {"name": "gradient_tracking", "order": "step_first"},
+                                       {"name": "d2"}], ids=["gt-overlap", "gt-step_first", "d2"])
+def test_exact_optimum_at_a_constant_step_size_where_dpsgd_stalls(float64, algorithm):
+    exact = distance_to_optimum(algorithm)
+    dpsgd = distance_to_optimum({"name": "dpsgd", "order": algorithm.get("order", "step_first")})
+    print(f"{algorithm}: {exact:.3g}; dpsgd at the same step size: {dpsgd:.3g}")
+    assert exact < 1e-8
+    assert dpsgd > 1e-3
+
+
+def linear_workers(n: int, optimizer: OptimizerConfig) -> list[Worker]:
+    model = nn.Linear(3, 2)
+    return [Worker(i, copy.deepcopy(model), optimizer, seed=0) for i in range(n)]
+
+
+def test_d2_refuses_a_mixing_matrix_with_an_eigenvalue_at_or_below_minus_one_third():
+    ring = topologies.ring(4, weights="max_degree")  # a pure swap with each side: eigenvalue -1
+    with pytest.raises(ValueError, match=r"d2 needs the smallest eigenvalue of W above -1/3, but .* is -1\b"):
+        D2(ring, Network(4), linear_workers(4, OptimizerConfig()))
+    with pytest.raises(ValueError, match=r"is -0.3333"):  # an even ring with weights 1/3: on the boundary
+        D2(topologies.ring(4), Network(4), linear_workers(4, OptimizerConfig()))
+    D2(topologies.ring(5), Network(5), linear_workers(5, OptimizerConfig()))  # 1/3 + 2/3 cos(4π/5) = -0.206
+
+
+@pytest.mark.parametrize("optimizer, message", [
+    (OptimizerConfig(name="adamw"), "must be sgd with momentum > 0 .*got AdamW"),
+    (OptimizerConfig(), "got SGD with momentum 0"),
+    (OptimizerConfig(options={"momentum": 0.9, "dampening": 0.1}), "dampening 0; got dampening 0.1"),
+])
+def test_qgm_refuses_an_optimizer_without_heavy_ball_momentum(optimizer, message):
+    with pytest.raises(ValueError, match=message):
+        QGM(topologies.ring(4), Network(4), linear_workers(4, optimizer))
