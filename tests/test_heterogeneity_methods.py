@@ -8,6 +8,7 @@ each worker's own optimum is far from the global one."""
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -16,10 +17,13 @@ from torch import nn
 import topologies
 from gossip import OptimizerConfig
 from gossip import config as config_module
-from gossip.algorithms import D2, QGM
+from gossip.algorithms import ALGORITHMS, D2, DPSGD, QGM
 from gossip.network import Network
+from gossip.train import main
 from gossip.trainer import Trainer
 from gossip.worker import Worker
+
+from conftest import ROOT
 
 WORKERS, SAMPLES, STEPS, LR = 7, 64, 400, 0.1
 
@@ -81,3 +85,37 @@ def test_d2_refuses_a_mixing_matrix_with_an_eigenvalue_at_or_below_minus_one_thi
 def test_qgm_refuses_an_optimizer_without_heavy_ball_momentum(optimizer, message):
     with pytest.raises(ValueError, match=message):
         QGM(topologies.ring(4), Network(4), linear_workers(4, optimizer))
+
+
+# (name, options): every method of this family, in each order it has
+BYTES_VARIANTS = [("gradient_tracking", {"order": "overlap"}), ("gradient_tracking", {"order": "step_first"}),
+                  ("d2", {}), ("qgm", {"order": "overlap"}), ("qgm", {"order": "step_first"})]
+
+
+@pytest.mark.parametrize("name, options", BYTES_VARIANTS)
+def test_the_network_counts_exactly_the_analytic_bytes(name, options):
+    """Over 3 steps on a star (degrees 4 and 1): what every worker sent is 3 × ``bytes_per_step``,
+    which is the dry run's figure; gradient tracking's is twice D-PSGD's."""
+    topology = topologies.star(5)
+    workers = linear_workers(5, OptimizerConfig(lr=0.1, options={"momentum": 0.9}))
+    network = Network(5)
+    options_class, algorithm_class = ALGORITHMS.entries[name]
+    algorithm = algorithm_class(topology, network, workers, options=options_class(name=name, **options))
+    gen = torch.Generator().manual_seed(0)
+    for t in range(3):
+        algorithm.step(t, 0.1, lambda: [w.grads.copy_(torch.randn(w.grads.shape, generator=gen)) for w in workers])
+    shapes = [v.shape for v in workers[0].views]
+    analytic = [algorithm_class.bytes_per_step(algorithm.options, shapes, topology, i) for i in range(5)]
+    assert network.bytes_sent == [3 * b for b in analytic]
+    dpsgd = [DPSGD.bytes_per_step(None, shapes, topology, i) for i in range(5)]
+    assert analytic == [(2 if name == "gradient_tracking" else 1) * b for b in dpsgd]
+
+
+@pytest.mark.parametrize("name, factor", [("gradient_tracking", 2), ("d2", 1), ("qgm", 1)])
+def test_the_dry_run_prints_the_bytes(capsys, name, factor):
+    args = ["--config", str(ROOT / "configs/logistic.yaml"), "--dry-run", "--set", f"algorithm.name={name}",
+            "--set", "workers=5"]  # a ring of 5: D²'s eigenvalue condition holds
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    parameters = int(re.search(r"model +\w+, ([\d,]+) parameters", printed).group(1).replace(",", ""))
+    assert f"worker 0 sends {factor * 2 * 4 * parameters:,} B" in printed
