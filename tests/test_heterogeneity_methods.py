@@ -119,3 +119,24 @@ def test_the_dry_run_prints_the_bytes(capsys, name, factor):
     printed = capsys.readouterr().out
     parameters = int(re.search(r"model +\w+, ([\d,]+) parameters", printed).group(1).replace(",", ""))
     assert f"worker 0 sends {factor * 2 * 4 * parameters:,} B" in printed
+
+
+def qgm_setting(name: str, seed: int) -> dict:
+    """8 workers on a ring, synthetic classification (one hidden layer) with every worker's true
+    model 1.0 apart, SGD with momentum 0.9 at lr 0.05, 300 steps of batch 32."""
+    raw = dict(seed=seed, workers=8, topology={"name": "ring"}, algorithm={"name": name, "order": "step_first"},
+               task={"name": "logistic", "dim": 32, "hidden": 16, "samples_per_worker": 1024, "heterogeneity": 1.0},
+               optimizer={"lr": 0.05, "momentum": 0.9}, train={"steps": 300, "batch_size": 32, "eval_every": 300})
+    return Trainer(config_module.from_dict(raw), Network(8), progress=False).run()
+
+
+def test_quasi_global_momentum_beats_local_momentum_on_heterogeneous_data():
+    """Averaged over 3 seeds, QGM's averaged model and its workers' own models both reach a lower
+    held-out loss than D-PSGD with each worker's own heavy-ball momentum (measured 0.505 vs 0.518
+    for the average, 0.505 vs 0.563 for the local models)."""
+    runs = {name: [qgm_setting(name, seed) for seed in range(3)] for name in ("dpsgd", "qgm")}
+    mean = {name: {key: sum(r[key] for r in records) / 3 for key in ("eval_loss", "local_eval_loss_mean")}
+            for name, records in runs.items()}
+    print(mean)
+    assert mean["qgm"]["eval_loss"] < mean["dpsgd"]["eval_loss"]
+    assert mean["qgm"]["local_eval_loss_mean"] < mean["dpsgd"]["local_eval_loss_mean"] - 0.02
