@@ -58,9 +58,11 @@ class TopologyConfig:
     """The communication graph; its size is ``workers``."""
 
     name: str = option("ring", help="ring | torus | expander | complete | star | hypercube | "
-                                    "exponential | erdos_renyi | one_peer_exponential")
-    weights: Literal["metropolis_hastings", "uniform", "max_degree"] = option(
-        "metropolis_hastings", help="how the mixing matrix W is made from the graph")
+                                    "exponential | erdos_renyi | one_peer_exponential | "
+                                    "directed_exponential | one_peer_directed_exponential")
+    weights: Optional[Literal["metropolis_hastings", "uniform", "max_degree"]] = option(
+        None, help="how W is made from an undirected graph (default metropolis_hastings); "
+                   "directed graphs always use 1/(out-degree + 1)")
     rows: Optional[int] = option(None, help="torus: rows (rows x cols = workers)", ge=1)
     cols: Optional[int] = option(None, help="torus: columns", ge=1)
     degree: Optional[int] = option(None, help="expander: degree of the random regular graph", ge=1)

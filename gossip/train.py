@@ -284,6 +284,13 @@ def exact_bytes(count: float) -> str:
     return f"{count:,.1f}".removesuffix(".0")
 
 
+def weights_label(config: Config, topology: Any) -> str:
+    """The weights as configured, or the default that the graph used."""
+    if config.topology.weights is not None:
+        return config.topology.weights
+    return "1/(out-degree + 1)" if topology.directed else "metropolis_hastings"
+
+
 def plan(config: Config, placement: Placement) -> str:
     """A human summary of what the run would do (reads no data set)."""
     topology = config.topology.build(config.workers, config.seed)(0)
@@ -300,7 +307,7 @@ def plan(config: Config, placement: Placement) -> str:
     return "\n".join([
         f"workers      {config.workers} on {placement.world_size} process(es), {per_process} per process, "
         f"device {placement.device}, backend {placement.backend or 'none (one process)'}",
-        f"topology     {config.topology.name} ({config.topology.weights}): degree {'/'.join(map(str, degrees))}, "
+        f"topology     {config.topology.name} ({weights_label(config, topology)}): degree {'/'.join(map(str, degrees))}, "
         f"spectral gap {topology.spectral_gap:.4g}",
         f"algorithm    {config_module.to_dict(config.algorithm)}",
         f"task         {config_module.to_dict(config.task)}",
@@ -327,7 +334,7 @@ def simulated_step_s(config: Config, topology: Any, shapes: list, steps_per_epoc
     algorithm = ALGORITHMS.implementation(config.algorithm.name)
     per_step = [algorithm.bytes_per_step(config.algorithm, shapes, topology, i) for i in range(topology.n)]
     events = planned_step(algorithm.step_events(config.algorithm), per_step,
-                          [topology.neighbors(i) for i in range(topology.n)])
+                          [topology.out_neighbors(i) for i in range(topology.n)])
     clock = SimClock(config.network, config.workers)
     steps = min(PLANNED_STEPS, steps_per_epoch)
     clock.run([events] * steps)

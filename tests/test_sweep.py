@@ -286,10 +286,11 @@ def test_printed_commands_run_and_are_collected(tmp_path):
     assert again.stdout.splitlines() == lines[1:]
 
 
-def test_the_example_sweep_file_gives_valid_configs(monkeypatch):
+@pytest.mark.parametrize("name, count", [("logistic_lr", 30), ("table1_offline", 48), ("heterogeneity", 72)])
+def test_the_shipped_sweep_files_give_valid_configs(monkeypatch, name, count):
     monkeypatch.chdir(ROOT)
-    sweep = sweepfile.load(Path("configs/sweeps/logistic_lr.yaml"))
+    sweep = sweepfile.load(Path(f"configs/sweeps/{name}.yaml"))
     runs = sweep.runs()
-    assert len(runs) == 30 and sweep.seeds == [0, 1, 2]
+    assert len(runs) == count and sweep.seeds == [0, 1, 2]
     for run in runs:
         cfg.load(sweep.base, list(run.overrides))

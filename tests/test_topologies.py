@@ -188,7 +188,8 @@ def ring3() -> nx.Graph:
     (ring3(), [[np.nan, 0, 0], [0, 1, 0], [0, 0, 1]], "non-finite"),
     (nx.Graph([(1, 2), (2, 3)]), np.eye(3), "nodes must be exactly 0..2"),
     (nx.Graph([(0, 0), (0, 1)]), np.full((2, 2), 0.5), "self loops"),
-    (nx.DiGraph([(0, 1)]), np.full((2, 2), 0.5), "undirected"),
+    (nx.DiGraph([(0, 1)]), np.full((2, 2), 0.5), "not strongly connected"),
+    (nx.MultiGraph([(0, 1)]), np.full((2, 2), 0.5), "networkx"),
 ])
 def test_invalid_topologies_are_rejected_by_name(graph, W, message):
     with pytest.raises(ValueError, match=message):

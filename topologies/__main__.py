@@ -1,7 +1,8 @@
 """Print a topology's summary: ``python -m topologies NAME [PARAMS...] [--weights S] [--seed S] [--step T]``.
 
 PARAMS are the required parameters of the builder (or schedule) in signature order, e.g.
-``ring 16``, ``torus 4 4``, ``expander 16 4 --seed 1``, ``one_peer_exponential 8 --step 2``.
+``ring 16``, ``torus 4 4``, ``expander 16 4 --seed 1``, ``one_peer_exponential 8 --step 2``,
+``directed_exponential 16``. ``--weights`` is for undirected graphs only.
 Bad input prints one ``error: ...`` line on stderr and exits with status 2.
 """
 
@@ -66,7 +67,7 @@ def _topology(args: argparse.Namespace) -> Topology:
         if "seed" not in inspect.signature(factory).parameters:
             raise ValueError(f"{args.name} takes no seed; it is not a random graph")
         kwargs["seed"] = args.seed
-    made = factory(**kwargs, weights=args.weights)
+    made = factory(**kwargs, **_checks.weights_argument(args.name, args.weights, _checks.directed_factory(factory)))
     schedule = made if isinstance(made, Schedule) else StaticSchedule(made)
     return schedule(args.step)
 
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                      epilog="topologies and their parameters:\n" + "\n".join(map(_usage, FACTORIES)))
     parser.add_argument("name", help="the topology, one of those listed below")
     parser.add_argument("params", nargs="*", help="its parameters, in the order listed below")
-    parser.add_argument("--weights", default="metropolis_hastings", help=f"weight scheme: {', '.join(SCHEMES)}")
+    parser.add_argument("--weights", help=f"weight scheme of an undirected graph: {', '.join(SCHEMES)} "
+                                           f"(default metropolis_hastings; directed graphs: 1/(out-degree + 1))")
     parser.add_argument("--seed", type=int, help="graph seed of expander and erdos_renyi (default 0)")
     parser.add_argument("--step", type=int, default=0, help="step t of a time-varying schedule (default 0)")
     args = parser.parse_args(argv)

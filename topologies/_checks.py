@@ -6,8 +6,9 @@ allowed, so a config or command-line mistake reads as a sentence rather than a t
 
 from __future__ import annotations
 
+import inspect
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -49,3 +50,19 @@ def parameters(owner: str, given: Iterable[str], allowed: Iterable[str]) -> None
         if name not in allowed:
             takes = f"it takes: {', '.join(allowed)}" if allowed else "it takes none besides n and weights"
             raise ValueError(f"{owner} does not take parameter {name!r}; {takes}")
+
+
+def weights_argument(owner: str, weights: object, directed: bool) -> dict[str, object]:
+    """The ``weights=`` keyword for ``owner`` (none for ``None``, its default); a scheme for a
+    directed graph, whose weights are always ``1/(out-degree + 1)``, is an error."""
+    if weights is None:
+        return {}
+    if directed:
+        raise ValueError(f"{owner}: weights are 1/(out-degree + 1) on a directed graph; "
+                         f"the weights setting applies to undirected graphs only")
+    return {"weights": weights}
+
+
+def directed_factory(factory: Callable[..., object]) -> bool:
+    """Whether a builder or schedule makes directed graphs: those take no ``weights`` parameter."""
+    return "weights" not in inspect.signature(factory).parameters

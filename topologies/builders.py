@@ -1,7 +1,9 @@
 """Topology builders: named graph families with their mixing matrices, and ``build`` for configs.
 
-Every builder returns a validated :class:`Topology` on nodes 0..n-1 and takes ``weights``, a
-scheme name from ``topologies.weights.SCHEMES`` or a callable ``graph -> W``.
+Every builder returns a validated :class:`Topology` on nodes 0..n-1. The undirected ones take
+``weights``, a scheme name from ``topologies.weights.SCHEMES`` or a callable ``graph -> W``; the
+directed ones (``directed_exponential``) take none: their weights are always
+:func:`topologies.weights.column_uniform`, ``1/(out-degree + 1)``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from numpy.typing import ArrayLike
 
 from topologies import _checks
 from topologies.topology import Topology
-from topologies.weights import SchemeLike, mixing_matrix, scheme_name
+from topologies.validation import SYMMETRY_TOL
+from topologies.weights import SchemeLike, column_uniform, mixing_matrix, scheme_name
 
 MAX_TRIES = 100  # random graphs are redrawn with seeds seed, seed+1, ... until connected
 
@@ -110,6 +113,20 @@ def exponential(n: int, weights: SchemeLike = "metropolis_hastings") -> Topology
     return _topology(_graph(n, pairs), weights, "exponential", n=n)
 
 
+def directed_exponential(n: int) -> Topology:
+    """The directed exponential graph of Stochastic Gradient Push: node i sends to i + 2**k (mod n)
+    for every 2**k < n, so out- and in-degree are ceil(log2 n), with push-sum weights
+    ``1/(out-degree + 1)``.
+
+    >>> t = directed_exponential(16)
+    >>> t.out_neighbors(0), t.in_neighbors(0), t.weight(1, 0)
+    ([1, 2, 4, 8], [8, 12, 14, 15], 0.2)
+    """
+    n = _checks.integer(n, "directed_exponential: n", 1)
+    pairs = ((i, (i + 2**k) % n) for i in range(n) for k in range((n - 1).bit_length()))
+    return _directed_topology(_graph(n, pairs, directed=True), "directed_exponential", n=n)
+
+
 def erdos_renyi(n: int, p: float, seed: int = 0, weights: SchemeLike = "metropolis_hastings") -> Topology:
     """A G(n, p) random graph, each edge present with probability p, redrawn with seed+1,
     seed+2, ... until connected.
@@ -125,11 +142,16 @@ def erdos_renyi(n: int, p: float, seed: int = 0, weights: SchemeLike = "metropol
     return _topology(graph, weights, "erdos_renyi", n=n, p=p, seed=seed)
 
 
-def from_networkx(G: nx.Graph, weights: SchemeLike = "metropolis_hastings") -> Topology:
-    """Any connected undirected networkx graph, its nodes relabelled 0..n-1 in sorted order.
+def from_networkx(G: nx.Graph | nx.DiGraph, weights: SchemeLike | None = None) -> Topology:
+    """Any connected networkx graph, its nodes relabelled 0..n-1 in sorted order.
+
+    An undirected graph gets ``weights`` (default Metropolis-Hastings); a strongly connected
+    ``nx.DiGraph`` gets the push-sum weights ``1/(out-degree + 1)`` and takes no ``weights``.
 
     >>> from_networkx(nx.Graph([("b", "a"), ("b", "c")])).neighbors(1)
     [0, 2]
+    >>> from_networkx(nx.DiGraph([("a", "b"), ("b", "a"), ("b", "c"), ("c", "a")])).W.round(2).tolist()
+    [[0.5, 0.33, 0.5], [0.5, 0.33, 0.0], [0.0, 0.33, 0.5]]
     """
     if not isinstance(G, nx.Graph):
         raise ValueError(f"from_networkx: G must be a networkx graph, got {type(G).__name__}")
@@ -138,19 +160,27 @@ def from_networkx(G: nx.Graph, weights: SchemeLike = "metropolis_hastings") -> T
     except TypeError:
         raise ValueError("from_networkx: graph node labels must be sortable (all of one type)") from None
     graph = nx.relabel_nodes(G, {node: k for k, node in enumerate(order)})
-    return _topology(graph, weights, "from_networkx", n=len(order))
+    if graph.is_directed():
+        _checks.weights_argument("from_networkx", weights, directed=True)  # fails on any scheme
+        return _directed_topology(graph, "from_networkx", n=len(order))
+    return _topology(graph, "metropolis_hastings" if weights is None else weights, "from_networkx", n=len(order))
 
 
 def from_matrix(W: ArrayLike) -> Topology:
-    """The topology whose graph is the nonzero off-diagonal pattern of ``W``.
+    """The topology whose graph is the nonzero off-diagonal pattern of ``W``: undirected if ``W``
+    is symmetric, otherwise directed with an edge j -> i wherever ``W[i, j] != 0`` (then ``W`` must
+    be column-stochastic).
 
     >>> from_matrix([[0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]).edges
     [(0, 1), (1, 2)]
+    >>> from_matrix([[0.5, 0, 1], [0.5, 0.5, 0], [0, 0.5, 0]]).edges
+    [(0, 1), (1, 2), (2, 0)]
     """
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"from_matrix: W must be a square matrix, got shape {W.shape}")
-    graph = _graph(len(W), np.argwhere(W != 0).tolist())
+    directed = bool(np.abs(W - W.T).max(initial=0.0) > SYMMETRY_TOL)  # NaN compares False: checked later
+    graph = _graph(len(W), ((j, i) for i, j in np.argwhere(W != 0).tolist()), directed=directed)
     return Topology(graph, W, name=f"from_matrix(n={len(W)})")
 
 
@@ -163,6 +193,7 @@ BUILDERS: dict[str, Callable[..., Topology]] = {
     "hypercube": hypercube,
     "exponential": exponential,
     "erdos_renyi": erdos_renyi,
+    "directed_exponential": directed_exponential,
 }
 
 
@@ -176,12 +207,14 @@ def builder_parameters(name: str) -> list[str]:
     return [p for p in inspect.signature(builder).parameters if p != "weights"]
 
 
-def build(name: str, n: int, weights: SchemeLike = "metropolis_hastings", **params: object) -> Topology:
+def build(name: str, n: int, weights: SchemeLike | None = None, **params: object) -> Topology:
     """The topology ``name`` on ``n`` workers: the entry point for configs.
 
-    ``params`` are the builder's other parameters: torus ``rows``/``cols`` (both optional: the
-    most square factorisation of n is the default), expander ``degree`` (and ``seed``),
-    erdos_renyi ``p`` (and ``seed``). A hypercube's dimension is log2 n.
+    ``weights=None`` is the graph's default: Metropolis-Hastings on an undirected graph,
+    ``1/(out-degree + 1)`` on a directed one, which takes no other. ``params`` are the builder's
+    other parameters: torus ``rows``/``cols`` (both optional: the most square factorisation of n
+    is the default), expander ``degree`` (and ``seed``), erdos_renyi ``p`` (and ``seed``). A
+    hypercube's dimension is log2 n.
 
     >>> build("torus", 12).name
     'torus(rows=3, cols=4, weights=metropolis_hastings)'
@@ -194,11 +227,12 @@ def build(name: str, n: int, weights: SchemeLike = "metropolis_hastings", **para
         sizes = {"dim": _checks.log2_exact(n, "hypercube: n")}
     else:
         sizes = {"n": n}
+    scheme = _checks.weights_argument(name, weights, _checks.directed_factory(builder))
     try:
-        inspect.signature(builder).bind(**sizes, **params, weights=weights)
+        inspect.signature(builder).bind(**sizes, **params, **scheme)
     except TypeError as exc:  # a required parameter such as expander's degree is missing
         raise ValueError(f"{name}: {exc}") from None
-    return builder(**sizes, **params, weights=weights)
+    return builder(**sizes, **params, **scheme)
 
 
 def _torus_shape(n: int, rows: int | None, cols: int | None) -> dict[str, int]:
@@ -219,9 +253,10 @@ def _torus_shape(n: int, rows: int | None, cols: int | None) -> dict[str, int]:
     return given
 
 
-def _graph(n: int, pairs: Iterable[tuple[int, int]]) -> nx.Graph:
-    """Nodes 0..n-1 and the given pairs as edges; pairs (i, i) that wrap onto themselves are dropped."""
-    graph = nx.Graph()
+def _graph(n: int, pairs: Iterable[tuple[int, int]], directed: bool = False) -> nx.Graph:
+    """Nodes 0..n-1 and the given pairs as edges (i -> j if ``directed``); pairs (i, i) that wrap
+    onto themselves are dropped."""
+    graph = nx.DiGraph() if directed else nx.Graph()
     graph.add_nodes_from(range(n))
     graph.add_edges_from((i, j) for i, j in pairs if i != j)
     return graph
@@ -240,3 +275,9 @@ def _topology(graph: nx.Graph, weights: SchemeLike, kind: str, **shown: object) 
     """``graph`` with its ``weights``, named like ``ring(n=8, weights=uniform)``."""
     label = ", ".join(f"{k}={v}" for k, v in {**shown, "weights": scheme_name(weights)}.items())
     return Topology(graph, mixing_matrix(graph, weights), name=f"{kind}({label})")
+
+
+def _directed_topology(graph: nx.DiGraph, kind: str, **shown: object) -> Topology:
+    """``graph`` with the push-sum weights ``1/(out-degree + 1)``, named like ``directed_exponential(n=8)``."""
+    label = ", ".join(f"{k}={v}" for k, v in shown.items())
+    return Topology(graph, column_uniform(graph), name=f"{kind}({label})")

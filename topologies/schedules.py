@@ -1,7 +1,8 @@
 """Time-varying topologies: a ``Schedule`` gives the topology of every gossip step t.
 
 A static graph is the constant schedule; the one-peer exponential graph changes its single
-partner every step and averages exactly after log2 n steps at one message per worker and step.
+partner every step and averages exactly after log2 n steps at one message per worker and step;
+its directed form (Stochastic Gradient Push) sends to one node per step, for any n.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import networkx as nx
 from topologies import _checks
 from topologies.builders import BUILDERS, build
 from topologies.topology import Topology
-from topologies.weights import SchemeLike, mixing_matrix, scheme_name
+from topologies.weights import SchemeLike, column_uniform, mixing_matrix, scheme_name
 
 
 class Schedule(ABC):
@@ -68,7 +69,24 @@ class StaticSchedule(Schedule):
         return f"StaticSchedule({self.topology!r})"
 
 
-class OnePeerExponential(Schedule):
+class _Cycle(Schedule):
+    """A schedule that repeats a fixed list of topologies, step t using ``snapshots[t % period]``."""
+
+    def __init__(self, snapshots: list[Topology]):
+        self._snapshots = snapshots
+
+    def __call__(self, t: int) -> Topology:
+        return self._snapshots[self._step(t) % self.period]
+
+    @property
+    def period(self) -> int:
+        return len(self._snapshots)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={self.n}, period={self.period})"
+
+
+class OnePeerExponential(_Cycle):
     """The one-peer exponential graph (Ying et al. 2021), undirected: n must be a power of 2.
 
     At step t worker i averages with the single partner ``i XOR 2**(t mod log2 n)`` with weight
@@ -86,7 +104,7 @@ class OnePeerExponential(Schedule):
 
     def __init__(self, n: int, weights: SchemeLike = "metropolis_hastings"):
         steps = _checks.log2_exact(n, "one_peer_exponential: n")
-        self._snapshots = [self._matching(n, k, weights) for k in range(max(steps, 1))]  # n = 1: one step
+        super().__init__([self._matching(n, k, weights) for k in range(max(steps, 1))])  # n = 1: one step
 
     @staticmethod
     def _matching(n: int, k: int, weights: SchemeLike) -> Topology:
@@ -97,29 +115,50 @@ class OnePeerExponential(Schedule):
         name = f"one_peer_exponential(n={n}, weights={scheme_name(weights)}), step {k}: partner i XOR {1 << k}"
         return Topology(graph, mixing_matrix(graph, weights), name=name, require_connected=False)
 
-    def __call__(self, t: int) -> Topology:
-        return self._snapshots[self._step(t) % self.period]
 
-    @property
-    def period(self) -> int:
-        return len(self._snapshots)
+class OnePeerDirectedExponential(_Cycle):
+    """The time-varying directed exponential graph of Stochastic Gradient Push (Assran et al. 2019).
 
-    def __repr__(self) -> str:
-        return f"OnePeerExponential(n={self.n}, period={self.period})"
+    With m the number of k with 2**k < n, at step t node i sends only to ``(i + 2**(t mod m)) mod n``
+    and keeps half of its vector: weight 1/2 on itself and on the single edge (the push-sum weights
+    ``1/(out-degree + 1)``), so ``W`` is column-stochastic. Any n >= 1; the period is m (1 for
+    n = 1, the identity). One step alone is a union of cycles, built with ``require_connected=False``;
+    for n a power of 2 the product of the W's of any m consecutive steps is exactly J/n.
+
+    >>> schedule = OnePeerDirectedExponential(8)
+    >>> schedule.period, [schedule(t).out_neighbors(3) for t in range(4)], schedule(1).in_neighbors(3)
+    (3, [[4], [5], [7], [4]], [1])
+    """
+
+    def __init__(self, n: int):
+        n = _checks.integer(n, "one_peer_directed_exponential: n", 1)
+        super().__init__([self._shift(n, k) for k in range(max((n - 1).bit_length(), 1))])  # n = 1: one step
+
+    @staticmethod
+    def _shift(n: int, k: int) -> Topology:
+        """Step k's topology: i sends to i + 2**k mod n (no edge when n = 1)."""
+        graph = nx.DiGraph()
+        graph.add_nodes_from(range(n))
+        graph.add_edges_from((i, (i + (1 << k)) % n) for i in range(n) if n > 1)
+        name = f"one_peer_directed_exponential(n={n}), step {k}: i sends to i + {1 << k}"
+        return Topology(graph, column_uniform(graph), name=name, require_connected=False)
 
 
-SCHEDULES = {"one_peer_exponential": OnePeerExponential}
+SCHEDULES = {"one_peer_exponential": OnePeerExponential,
+             "one_peer_directed_exponential": OnePeerDirectedExponential}
 
 
-def build_schedule(name: str, n: int, weights: SchemeLike = "metropolis_hastings", **params: object) -> Schedule:
+def build_schedule(name: str, n: int, weights: SchemeLike | None = None, **params: object) -> Schedule:
     """The schedule ``name`` on ``n`` workers: a time-varying one from ``SCHEDULES``, or the
-    static schedule of ``build(name, n, weights, **params)``.
+    static schedule of ``build(name, n, weights, **params)``. ``weights=None`` is the graph's
+    default (see :func:`topologies.build`).
 
     >>> build_schedule("one_peer_exponential", 16).period, build_schedule("ring", 16).is_static
     (4, True)
     """
     if name in SCHEDULES:
         _checks.parameters(name, params, [])
-        return SCHEDULES[name](n, weights=weights)
+        schedule = SCHEDULES[name]
+        return schedule(n, **_checks.weights_argument(name, weights, _checks.directed_factory(schedule)))
     _checks.choose("topology", name, {**BUILDERS, **SCHEDULES})  # an unknown name lists all of them
     return StaticSchedule(build(name, n, weights, **params))

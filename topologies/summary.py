@@ -1,7 +1,8 @@
 """A human-readable summary of a topology: what ``Topology.describe`` and the command line print.
 
-Small topologies show the whole weight matrix; larger ones group the rows that carry the same
-weights, so a 64-node ring or expander still fits on a screen.
+Small topologies show the whole weight matrix; larger ones group the rows (on a directed graph:
+the columns, what each sender gives out) that carry the same weights, so a 64-node ring or
+expander still fits on a screen.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ class Described(Protocol):
     def n(self) -> int: ...
 
     @property
+    def directed(self) -> bool: ...
+
+    @property
     def graph(self) -> nx.Graph: ...
 
     @property
@@ -41,30 +45,40 @@ class Described(Protocol):
 
     def weight(self, i: int, j: int) -> float: ...
 
-    def neighbors(self, i: int) -> list[int]: ...
+    def out_neighbors(self, i: int) -> list[int]: ...
+
+    def in_neighbors(self, i: int) -> list[int]: ...
 
 FULL_MATRIX_MAX_N = 12
 
 
 def describe(topology: Described) -> str:
     """Name, size, degrees, spectral gap, slem and weights of ``topology``, one fact per line."""
-    connected = "connected" if nx.is_connected(topology.graph) else "not connected"
+    if topology.directed:
+        connected = "strongly connected" if nx.is_strongly_connected(topology.graph) else "not strongly connected"
+        edges = f"directed edges {len(topology.edges)}, {connected}, W column-stochastic (push-sum)"
+        degrees = [*_degree_lines("out-degree", [len(topology.out_neighbors(i)) for i in range(topology.n)]),
+                   *_degree_lines("in-degree", [len(topology.in_neighbors(i)) for i in range(topology.n)])]
+    else:
+        connected = "connected" if nx.is_connected(topology.graph) else "not connected"
+        edges = f"edges {len(topology.edges)}, {connected}"
+        degrees = _degree_lines("degree", [topology.degree(i) for i in range(topology.n)])
     lines = [
         topology.name or "topology",
-        f"  nodes {topology.n}, edges {len(topology.edges)}, {connected}",
-        *_degree_lines(topology),
+        f"  nodes {topology.n}, {edges}",
+        *degrees,
         f"  spectral gap {topology.spectral_gap:.6g} (= 1 - slem^2), slem {topology.slem:.6g}",
         *_weight_lines(topology),
     ]
     return "\n".join(lines)
 
 
-def _degree_lines(topology: Described) -> list[str]:
-    degrees = np.array([topology.degree(i) for i in range(topology.n)])
+def _degree_lines(kind: str, per_node: list[int]) -> list[str]:
+    degrees = np.array(per_node)
     if degrees.min() == degrees.max():
-        return [f"  degree {degrees[0]} at every node"]
+        return [f"  {kind} {degrees[0]} at every node"]
     prefix = "    per node "
-    return [f"  degrees min {degrees.min()}, max {degrees.max()}, mean {degrees.mean():.3g}",
+    return [f"  {kind}s min {degrees.min()}, max {degrees.max()}, mean {degrees.mean():.3g}",
             prefix + np.array2string(degrees, max_line_width=100, prefix=prefix)]
 
 
@@ -75,17 +89,21 @@ def _weight_lines(topology: Described) -> list[str]:
                                  formatter={"float_kind": lambda w: f"{w:6.4f}" if w else "     ."})
         return ["  weights W:", prefix + matrix]
     groups: dict[str, list[int]] = {}
-    for i in range(topology.n):
-        groups.setdefault(_row_weights(topology, i), []).append(i)
-    return ["  weights by row (own weight | neighbour weights x count):",
-            *(f"    {'rows' if len(rows) > 1 else 'row'} {_ranges(rows)}: {weights}"
-              for weights, rows in groups.items())]
+    for j in range(topology.n):
+        groups.setdefault(_sent_weights(topology, j), []).append(j)
+    line = "column" if topology.directed else "row"
+    given = "weights sent to out-neighbours" if topology.directed else "neighbour weights"
+    return [f"  weights by {line} (own weight | {given} x count):",
+            *(f"    {line}{'s' if len(lines) > 1 else ''} {_ranges(lines)}: {weights}"
+              for weights, lines in groups.items())]
 
 
-def _row_weights(topology: Described, i: int) -> str:
-    counts = Counter(f"{topology.weight(i, j):.4g}" for j in topology.neighbors(i))
-    neighbours = ", ".join(f"{w} x{c}" for w, c in sorted(counts.items(), key=lambda wc: -float(wc[0])))
-    return f"own {topology.weight(i, i):.4g} | {neighbours or 'none'}"
+def _sent_weights(topology: Described, j: int) -> str:
+    """Column j of W: j's own weight and the weights ``W[i, j]`` of the nodes i it sends to (on an
+    undirected topology W is symmetric, so this is row j too)."""
+    counts = Counter(f"{topology.weight(i, j):.4g}" for i in topology.out_neighbors(j))
+    sent = ", ".join(f"{w} x{c}" for w, c in sorted(counts.items(), key=lambda wc: -float(wc[0])))
+    return f"own {topology.weight(j, j):.4g} | {sent or 'none'}"
 
 
 def _ranges(rows: list[int]) -> str:

@@ -1,8 +1,10 @@
 """Weight schemes: the mixing matrix ``W`` of a graph.
 
-Every scheme puts a weight on each edge that depends only on degrees, the same both ways (so ``W``
-is symmetric), and fills the diagonal so that each row sums to 1 (so ``W`` is doubly stochastic).
-A graph's nodes must be 0..n-1; ``from_networkx`` relabels any others.
+The schemes of ``SCHEMES`` are for undirected graphs: each puts a weight on each edge that depends
+only on degrees, the same both ways (so ``W`` is symmetric), and fills the diagonal so that each
+row sums to 1 (so ``W`` is doubly stochastic). A directed graph takes :func:`column_uniform`, the
+push-sum weights, whose columns sum to 1. A graph's nodes must be 0..n-1; ``from_networkx``
+relabels any others.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def metropolis_hastings(G: nx.Graph) -> np.ndarray:
     >>> metropolis_hastings(nx.path_graph(3)).round(4).tolist()
     [[0.6667, 0.3333, 0.0], [0.3333, 0.3333, 0.3333], [0.0, 0.3333, 0.6667]]
     """
-    return _edge_weighted(G, lambda d_i, d_j: 1.0 / (1 + max(d_i, d_j)))
+    return _edge_weighted(G, "metropolis_hastings", lambda d_i, d_j: 1.0 / (1 + max(d_i, d_j)))
 
 
 def uniform(G: nx.Graph) -> np.ndarray:
@@ -41,7 +43,7 @@ def uniform(G: nx.Graph) -> np.ndarray:
     [0.3333, 0.3333, 0.0, 0.3333]
     """
     weight = 1.0 / (_max_degree(G) + 1)
-    return _edge_weighted(G, lambda d_i, d_j: weight)
+    return _edge_weighted(G, "uniform", lambda d_i, d_j: weight)
 
 
 def max_degree(G: nx.Graph) -> np.ndarray:
@@ -55,7 +57,22 @@ def max_degree(G: nx.Graph) -> np.ndarray:
     [[0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5]]
     """
     d_max = _max_degree(G)
-    return _edge_weighted(G, lambda d_i, d_j: 1.0 / d_max)
+    return _edge_weighted(G, "max_degree", lambda d_i, d_j: 1.0 / d_max)
+
+
+def column_uniform(G: nx.DiGraph) -> np.ndarray:
+    """Push-sum weights on a directed graph: ``W[i, j] = 1 / (out_degree(j) + 1)`` on every edge
+    j -> i and on the diagonal, so node j splits its vector equally over itself and the nodes it
+    sends to and every column sums to 1 (the uniform weights of SGP and Bluefog).
+
+    >>> column_uniform(nx.DiGraph([(0, 1), (0, 2), (1, 0), (2, 0)])).round(4).tolist()
+    [[0.3333, 0.5, 0.5], [0.3333, 0.5, 0.0], [0.3333, 0.0, 0.5]]
+    """
+    _check_kind(G, "column_uniform", directed=True)
+    W = np.zeros((G.number_of_nodes(),) * 2)
+    for j, out_degree in G.out_degree:
+        W[[j, *G.successors(j)], j] = 1.0 / (out_degree + 1)
+    return W
 
 
 SCHEMES: dict[str, Scheme] = {
@@ -66,7 +83,8 @@ SCHEMES: dict[str, Scheme] = {
 
 
 def mixing_matrix(G: nx.Graph, scheme: SchemeLike = "metropolis_hastings") -> np.ndarray:
-    """``W`` for ``G`` by a scheme named in ``SCHEMES`` or a callable ``G -> W``.
+    """``W`` for ``G`` by a scheme named in ``SCHEMES`` or a callable ``G -> W`` (a directed graph
+    takes :func:`column_uniform`).
 
     >>> mixing_matrix(nx.complete_graph(2), "uniform").tolist()
     [[0.5, 0.5], [0.5, 0.5]]
@@ -84,9 +102,20 @@ def _max_degree(G: nx.Graph) -> int:
     return max((d for _, d in G.degree), default=0)
 
 
-def _edge_weighted(G: nx.Graph, edge_weight: Callable[[int, int], float]) -> np.ndarray:
-    """``W`` with ``edge_weight(d_i, d_j)`` on each edge and the rest of each row on the diagonal."""
+def _check_kind(G: nx.Graph, scheme: str, directed: bool) -> None:
+    """Fail unless ``G`` is a valid graph, directed exactly when the scheme ``scheme`` is."""
     check_graph(G, require_connected=False)
+    if G.is_directed() and not directed:
+        raise ValueError(f"weight scheme {scheme!r} is for undirected graphs; a directed graph takes "
+                         f"column_uniform, 1/(out-degree + 1)")
+    if directed and not G.is_directed():
+        raise ValueError(f"weight scheme {scheme!r} is for directed graphs (networkx.DiGraph); an undirected "
+                         f"graph takes one of: {', '.join(SCHEMES)}")
+
+
+def _edge_weighted(G: nx.Graph, scheme: str, edge_weight: Callable[[int, int], float]) -> np.ndarray:
+    """``W`` with ``edge_weight(d_i, d_j)`` on each edge and the rest of each row on the diagonal."""
+    _check_kind(G, scheme, directed=False)
     W = np.zeros((G.number_of_nodes(),) * 2)
     for i, j in G.edges:
         W[i, j] = W[j, i] = edge_weight(G.degree[i], G.degree[j])

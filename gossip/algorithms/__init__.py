@@ -11,6 +11,7 @@ from gossip.algorithms.local import Local, LocalOptions
 from gossip.algorithms.moniqua import Moniqua, MoniquaOptions
 from gossip.algorithms.powergossip import PowerGossip, PowerGossipOptions
 from gossip.algorithms.qgm import QGM, QGMOptions
+from gossip.algorithms.sgp import SGP, SGPOptions
 from gossip.registry import Registry
 
 ALGORITHMS = Registry("algorithm", Algorithm)
@@ -24,6 +25,7 @@ ALGORITHMS.register("powergossip", PowerGossip)
 ALGORITHMS.register("gradient_tracking", GradientTracking)
 ALGORITHMS.register("d2", D2)
 ALGORITHMS.register("qgm", QGM)
+ALGORITHMS.register("sgp", SGP)
 
 __all__ = ["ALGORITHMS", "Algorithm", "AllReduce", "Choco", "D2", "DPSGD", "DeepSqueeze", "GradientTracking",
-           "Moniqua", "PowerGossip", "QGM"]
+           "Moniqua", "PowerGossip", "QGM", "SGP"]

@@ -39,6 +39,9 @@ class Algorithm(ABC):
     Options: type
     #: True for an algorithm whose state is tied to one fixed W (a time-varying topology is refused).
     requires_static: bool = False
+    #: True for an algorithm that is correct with a column-stochastic W on a directed graph
+    #: (push-sum); the others need a symmetric, doubly stochastic W.
+    accepts_directed: bool = False
     #: Why the algorithm cannot stay correct when a message is dropped (``faults.link_drop``), or
     #: None for one that handles a down edge.
     link_drop_refusal: str | None = "does not say how it stays correct when a message is dropped"
@@ -57,7 +60,11 @@ class Algorithm(ABC):
 
     @classmethod
     def check_topology(cls, schedule: Schedule, name: str) -> None:
-        """Refuse a time-varying ``schedule`` when the algorithm's state is tied to one fixed W."""
+        """Refuse a directed ``schedule`` unless the algorithm handles one, and a time-varying one
+        when the algorithm's state is tied to one fixed W."""
+        if not cls.accepts_directed and schedule(0).directed:
+            raise ValueError(f"name: {name} needs an undirected topology with a symmetric, doubly stochastic W; "
+                             f"{schedule(0).name} is directed (push-sum on directed graphs: name sgp)")
         if cls.requires_static and not schedule.is_static:
             raise ValueError(f"name: {name} keeps state mixed with one fixed W and needs a static "
                              f"topology; {schedule!r} changes every step")
@@ -128,20 +135,22 @@ class Algorithm(ABC):
         return topology if faults is None else faults.surviving(topology, t, round_index)
 
     def send_to_neighbours(self, topology: Topology, messages: dict[int, torch.Tensor]) -> PendingRound:
-        """Send each local worker's ``messages[i]`` to all its neighbours; every worker's message
-        has the same size and dtype (the models are identical), which sizes the receive buffers."""
+        """Send each local worker's ``messages[i]`` to all its (out-)neighbours; every worker's
+        message has the same size and dtype (the models are identical), which sizes the receive
+        buffers of what arrives from its in-neighbours."""
         outbox, expected = {}, {}
         for i, message in messages.items():
-            for j in topology.neighbors(i):
+            for j in topology.out_neighbors(i):
                 outbox[(i, j)] = message
+            for j in topology.in_neighbors(i):
                 expected[(j, i)] = (message.numel(), message.dtype)
         return self.network.start(outbox, expected)
 
     @staticmethod
     def mix(topology: Topology, i: int, own: torch.Tensor, inbox: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
-        """``Σ_j w_ij x_j`` over ``j ∈ N(i) ∪ {i}``, neighbours in sorted order (a new tensor)."""
+        """``Σ_j w_ij x_j`` over ``i`` and its (in-)neighbours ``j``, in sorted order (a new tensor)."""
         mixed = own * topology.weight(i, i)
-        for j in topology.neighbors(i):
+        for j in topology.in_neighbors(i):
             mixed.add_(inbox[(j, i)], alpha=topology.weight(i, j))
         return mixed
 
