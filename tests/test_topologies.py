@@ -312,3 +312,71 @@ def test_cli_bad_input_is_one_line_with_status_2(args, message, capsys):
     assert info.value.code == 2 and "Traceback" not in err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
 
+
+
+# --- directed graphs (push-sum) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_directed_exponential_sends_to_powers_of_two_with_column_stochastic_weights(n):
+    t = topologies.directed_exponential(n)
+    hops = [2 ** k for k in range(n.bit_length()) if 2 ** k < n]
+    for i in range(n):
+        assert t.out_neighbors(i) == sorted({(i + h) % n for h in hops} - {i})
+        for j in t.out_neighbors(i):
+            assert i in t.in_neighbors(j)
+            assert t.weight(j, i) == pytest.approx(1 / (t.degree(i) + 1))
+    assert np.allclose(t.W.sum(axis=0), 1) and (t.W >= 0).all() and t.directed
+    if n == 16:
+        assert t.max_degree == 4 and t.weight(1, 0) == pytest.approx(0.2)
+
+
+def test_a_directed_topology_asks_for_in_or_out_neighbours():
+    with pytest.raises(ValueError, match="out_neighbors"):
+        topologies.directed_exponential(4).neighbors(0)
+    ring = topologies.ring(5)
+    assert ring.out_neighbors(0) == ring.in_neighbors(0) == ring.neighbors(0) and not ring.directed
+
+
+def test_an_irregular_digraph_gets_column_but_not_row_stochastic_weights():
+    t = topologies.from_networkx(nx.DiGraph([(0, 1), (1, 2), (2, 0), (0, 2)]))
+    assert np.allclose(t.W.sum(axis=0), 1) and not np.allclose(t.W.sum(axis=1), 1)
+    assert t.out_neighbors(0) == [1, 2] and t.in_neighbors(2) == [0, 1]
+
+
+@pytest.mark.parametrize("W, message", [
+    ([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5]], None),  # a directed 3-cycle, column-stochastic
+    ([[0.6, 0.0, 0.5], [0.4, 0.5, 0.0], [0.0, 0.5, 0.6]], "column"),  # rows sum to 1, columns do not
+])
+def test_from_matrix_builds_a_directed_topology_from_an_asymmetric_w(W, message):
+    if message is None:
+        t = topologies.from_matrix(W)
+        assert t.directed and t.out_neighbors(0) == [2] and t.in_neighbors(0) == [1]  # W[i, j]: i receives from j
+    else:
+        with pytest.raises(ValueError, match=message):
+            topologies.from_matrix(W)
+
+
+def test_the_one_peer_directed_schedule_averages_exactly_over_a_period():
+    schedule = topologies.build_schedule("one_peer_directed_exponential", 8)
+    assert schedule.period == 3
+    product = np.eye(8)
+    for t in range(3):
+        assert all(len(schedule(t).out_neighbors(i)) == 1 for i in range(8))
+        product = schedule(t).W @ product
+    assert np.allclose(product, np.full((8, 8), 1 / 8))
+
+
+def test_directed_builders_refuse_a_weights_scheme():
+    with pytest.raises(ValueError, match="directed_exponential: weights are 1/\\(out-degree \\+ 1\\)"):
+        topologies.build("directed_exponential", 8, "uniform")
+    assert topologies.build("directed_exponential", 8).directed
+
+
+def test_the_command_line_prints_a_directed_graph(root):
+    result = subprocess.run([sys.executable, "-m", "topologies", "directed_exponential", "16"],
+                            capture_output=True, text=True, timeout=60, cwd=root)
+    assert result.returncode == 0 and "column-stochastic" in result.stdout and "out-degree 4" in result.stdout
+    refused = subprocess.run([sys.executable, "-m", "topologies", "directed_exponential", "16", "--weights", "uniform"],
+                             capture_output=True, text=True, timeout=60, cwd=root)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: directed_exponential: weights")
