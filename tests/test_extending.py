@@ -85,7 +85,8 @@ BAD_NAMES = [
     ("user_algos:", "algorithm.name: 'user_algos:' is not of the form module.path:ClassName"),
     ("user algos:Mixer", "algorithm.name: 'user algos:Mixer' is not of the form module.path:ClassName"),
     ("dpsdg", "algorithm.name: unknown algorithm 'dpsdg' (did you mean 'dpsgd'?); allowed: allreduce, choco, "
-              "deepsqueeze, dpsgd, local, moniqua, powergossip, or module.path:ClassName"),
+              "d2, deepsqueeze, dpsgd, gradient_tracking, local, moniqua, powergossip, qgm, sgp, "
+              "or module.path:ClassName"),
 ]
 
 
