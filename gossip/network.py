@@ -24,6 +24,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
+# torch.distributed.nn.functional writes the default process group into its functions' default
+# arguments when it is first imported, which torch.optim does on its first optimizer. Imported
+# after init_process_group, it keeps the group and gloo's worker threads alive past
+# destroy_process_group, and one of those threads can then abort the interpreter's exit
+# ("terminate called without an active exception"). Imported here, before any group exists, it
+# holds None.
+import torch.distributed.nn.functional  # noqa: F401
 
 if TYPE_CHECKING:
     from gossip.faults import LinkFaults

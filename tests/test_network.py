@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -115,3 +117,25 @@ def test_the_lost_process_is_the_one_whose_heartbeat_stopped_however_late_the_ot
     finally:
         for h in alive:
             h.stop()
+
+
+def _gloo_threads_after_destroy(rank: int, world_size: int) -> list[str]:
+    """A script's order: the process group first, then its first torch optimizer (which imports
+    torch.distributed.nn), then destroy_process_group; the gloo worker threads left over."""
+    import os
+
+    import torch.distributed as dist
+
+    assert dist.is_initialized()
+    torch.optim.SGD(torch.nn.Linear(3, 1).parameters(), lr=0.1)
+    dist.destroy_process_group()
+    names = [open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")]
+    return [name for name in names if name.startswith("pt_gloo")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads thread names from /proc")
+def test_destroy_process_group_ends_gloos_worker_threads():
+    """A group kept alive past destroy_process_group leaves gloo's worker threads running into the
+    interpreter's exit, where one can abort the process. Importing gossip binds torch's default
+    arguments before any group exists, so that the group goes when it is destroyed."""
+    assert spawn(_gloo_threads_after_destroy, 2, timeout=90) == [[], []]
