@@ -17,6 +17,7 @@ from gossip import config as config_module
 from gossip.algorithms import DPSGD, SGP
 from gossip.network import Network
 from gossip.registry import ConfigError
+from gossip.spawn import spawn
 from gossip.worker import Worker
 
 N = 16
@@ -104,6 +105,56 @@ def test_one_step_is_the_papers_rule(order):
         algorithm.step(t, lr, gradients)
     torch.testing.assert_close(torch.stack([w.params for w in workers]), X / weights, rtol=1e-12, atol=1e-12)
     assert (weights - 1).abs().max() > 0.1  # the weights moved: the de-biasing is exercised
+
+
+def _irregular_run(rank: int, world_size: int, order: str, stop_at: int | None, steps: int = 8) -> dict:
+    """SGP on the irregular digraph with gradients ``A_i z + c_i`` at lr 0.1, for this process's
+    block of workers. With ``stop_at`` the run is rebuilt after that many steps from what a
+    checkpoint holds (each worker's ``z`` and the algorithm's state), on fresh workers, as a resume
+    does. Returns every local worker's ``z`` (a list) and ``w``."""
+    topology = irregular_digraph()
+    n = topology.n
+    network = Network(n, rank, world_size)
+    gen = torch.Generator().manual_seed(1)
+    d = float64_workers(1)[0].params.numel()
+    A = torch.randn(n, d, d, generator=gen, dtype=torch.float64) / d ** 0.5
+    c = torch.randn(n, d, generator=gen, dtype=torch.float64)
+
+    def build() -> tuple[list[Worker], SGP]:
+        workers = [w for w in float64_workers(n, lr=0.1) if network.is_local(w.id)]
+        return workers, SGP(topology, network, workers, options=SGP.Options(order=order))
+
+    workers, algorithm = build()
+    for t in range(steps):
+        if t == stop_at:
+            saved = {"z": {w.id: w.params.clone() for w in workers}, "algorithm": copy.deepcopy(algorithm.state_dict())}
+            workers, algorithm = build()
+            for w in workers:
+                w.params.copy_(saved["z"][w.id])
+            algorithm.load_state_dict(saved["algorithm"])
+        algorithm.step(t, 0.1, lambda: [w.grads.copy_(A[w.id] @ w.params + c[w.id]) for w in workers])
+    return {w.id: (w.params.tolist(), algorithm.weight[w.id].item()) for w in workers}
+
+
+def _irregular_runs_in_process(rank: int, world_size: int) -> dict:
+    return {(order, stop_at): _irregular_run(rank, world_size, order, stop_at)
+            for order in ("overlap", "step_first") for stop_at in (None, 3)}
+
+
+def test_two_processes_and_a_resume_give_the_numbers_of_one_process():
+    """Placement and resume with weights far from 1: the irregular digraph (a sender's in- and
+    out-neighbours differ, and they live in both processes) in 2 processes of 4 workers, straight
+    and resumed after 3 of 8 steps, against one process straight."""
+    processes = spawn(_irregular_runs_in_process, 2, timeout=120)
+    for order in ("overlap", "step_first"):
+        reference = _irregular_run(0, 1, order, None)
+        assert max(abs(w - 1) for _, w in reference.values()) > 0.1  # push-sum's de-biasing is at work
+        for stop_at in (None, 3):
+            got = {i: value for results in processes for i, value in results[order, stop_at].items()}
+            assert sorted(got) == list(range(8))
+            for i, (z, w) in reference.items():
+                assert got[i][0] == pytest.approx(z, rel=1e-12, abs=1e-12)
+                assert got[i][1] == pytest.approx(w, rel=1e-12, abs=1e-12)
 
 
 def test_the_network_counts_exactly_the_analytic_bytes():

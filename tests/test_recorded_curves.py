@@ -1,6 +1,7 @@
 """The first 20 steps of a few runs, recorded with the hand-written SGD that gossip had before it
 used ``torch.optim``, replayed on the current code: the losses, learning rates and consensus
-distances agree to 1e-6 (relative).
+distances agree to 1e-6 (relative; the consensus distance, a float32 sum over the whole model,
+to 1e-5).
 
 ``tests/data/recorded_curves.json`` holds each case's command-line arguments and its records. It
 was written by ``python tests/test_recorded_curves.py`` run against that older code; running it
@@ -40,6 +41,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
 }
 
 KEYS = ("step", "train_loss", "eval_loss", "lr", "consensus_distance", "local_eval_loss_mean")
+#: Relative tolerance per key (default 1e-6). The consensus distance sums float32 squares of the
+#: workers' small differences over the whole model (116,292 parameters here); its rounding follows
+#: the order of that sum, which the CPU's vector width sets: two x86 machines gave 3.4e-6 apart.
+TOLERANCE = {"consensus_distance": 1e-5}
 
 
 def current_arguments(arguments: list[str]) -> list[str]:
@@ -72,7 +77,8 @@ def test_replays_the_recorded_curve(case, tmp_path):
     for old, new in zip(recorded["records"], replayed):
         assert old.keys() == new.keys()
         for key in old:
-            assert math.isclose(new[key], old[key], rel_tol=1e-6, abs_tol=1e-12), (case, old["step"], key, old[key], new[key])
+            assert math.isclose(new[key], old[key], rel_tol=TOLERANCE.get(key, 1e-6), abs_tol=1e-12), \
+                (case, old["step"], key, old[key], new[key])
 
 
 def record(path: Path = DATA) -> None:

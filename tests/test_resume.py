@@ -58,11 +58,12 @@ def assert_same_run(resumed: Path, reference: Path, bitwise: bool = True) -> Non
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-# Every algorithm (D² on the complete graph), and PowerGossip with fresh random projections every round (warm_start false:
+# Every algorithm (D² on the complete graph, SGP on the one-peer directed exponential graph), and PowerGossip with fresh random projections every round (warm_start false:
 # the edges' generators must resume where they stopped).
 VARIANTS = {name: [f"algorithm.name={name}"] for name in sorted(ALGORITHMS.entries)}
 VARIANTS["powergossip-cold"] = ["algorithm.name=powergossip", "algorithm.warm_start=false"]
 VARIANTS["d2"].append("topology.name=complete")  # the 4-ring's W has the eigenvalue -1/3 that D² refuses
+VARIANTS["sgp"].append("topology.name=one_peer_directed_exponential")  # directed and time-varying
 
 
 def sets(variant: str) -> list[str]:

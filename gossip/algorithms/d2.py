@@ -59,8 +59,8 @@ class D2(Algorithm):
         smallest = float(np.linalg.eigvalsh(topology.W)[0])
         if smallest <= SMALLEST_EIGENVALUE + BOUNDARY_TOLERANCE:
             raise ValueError(f"name: {name} needs the smallest eigenvalue of W above -1/3, but "
-                             f"{topology.name}'s is {smallest:.4g}; use weights with larger self-weights "
-                             f"(metropolis_hastings) or another graph")
+                             f"{topology.name}'s is {smallest:.4g}; choose a graph whose W passes (an odd ring, "
+                             f"the complete graph) or a W with larger self-weights")
 
     @classmethod
     def bytes_per_step(cls, options: D2Options, shapes: list[torch.Size], topology: Topology, worker: int) -> int:
