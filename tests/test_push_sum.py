@@ -5,6 +5,7 @@ and the refusals of the algorithms that need a symmetric W."""
 from __future__ import annotations
 
 import copy
+import re
 
 import networkx as nx
 import pytest
@@ -18,7 +19,10 @@ from gossip.algorithms import DPSGD, SGP
 from gossip.network import Network
 from gossip.registry import ConfigError
 from gossip.spawn import spawn
+from gossip.train import main
 from gossip.worker import Worker
+
+from conftest import ROOT
 
 N = 16
 
@@ -170,6 +174,16 @@ def test_the_network_counts_exactly_the_analytic_bytes():
     analytic = [SGP.bytes_per_step(algorithm.options, shapes, topology, i) for i in range(8)]
     assert analytic == [len(topology.out_neighbors(i)) * 4 * (15 + 1) for i in range(8)]
     assert network.bytes_sent == [3 * b for b in analytic]
+
+
+def test_the_dry_run_prints_the_bytes(capsys):
+    """On directed_exponential(8) every worker sends to 3 out-neighbours: 3 × 4 × (parameters + 1)."""
+    args = ["--config", str(ROOT / "configs/logistic.yaml"), "--dry-run", "--set", "algorithm.name=sgp",
+            "--set", "topology.name=directed_exponential", "--set", "workers=8"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    parameters = int(re.search(r"model +\w+, ([\d,]+) parameters", printed).group(1).replace(",", ""))
+    assert f"worker 0 sends {3 * 4 * (parameters + 1):,} B" in printed
 
 
 def test_the_other_algorithms_refuse_a_directed_topology():
