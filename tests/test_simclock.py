@@ -156,13 +156,19 @@ def test_two_workers_in_a_run_match_the_hand_count():
         assert [r["sim_time_s"] for r in trainer.history] == pytest.approx([2 * per_step, 4 * per_step])
 
 
-@pytest.mark.parametrize("algorithm", [{"name": "dpsgd"}, {"name": "dpsgd", "order": "step_first"},
-                                       {"name": "powergossip", "iterations": 3}, {"name": "allreduce"},
-                                       {"name": "local"}, {"name": "choco"}])
-def test_a_step_records_the_events_the_dry_run_plans(algorithm):
+@pytest.mark.parametrize("algorithm, keys", [
+    ({"name": "dpsgd"}, {}), ({"name": "dpsgd", "order": "step_first"}, {}),
+    ({"name": "powergossip", "iterations": 3}, {}), ({"name": "allreduce"}, {}), ({"name": "local"}, {}),
+    ({"name": "choco"}, {}), ({"name": "gradient_tracking"}, {}), ({"name": "gradient_tracking", "order": "step_first"}, {}),
+    ({"name": "d2"}, {"topology": {"name": "complete"}}),
+    ({"name": "qgm"}, {"optimizer": {"lr": 0.1, "momentum": 0.9}}),
+    ({"name": "sgp"}, {"topology": {"name": "directed_exponential"}}),
+    ({"name": "sgp", "order": "step_first"}, {"topology": {"name": "one_peer_directed_exponential"}}),
+], ids=lambda value: "-".join(str(v.get("name", "")) if isinstance(v, dict) else str(v) for v in value.values()) or "-")
+def test_a_step_records_the_events_the_dry_run_plans(algorithm, keys):
     """What a real step records (compute, rounds, collectives, in order) is what ``step_events``
     tells the dry run, and a round's bytes are what ``bytes_per_step`` counts."""
-    config = config_module.from_dict(tiny(algorithm=algorithm))
+    config = config_module.from_dict(tiny(algorithm=algorithm, **keys))
     trainer = Trainer(config, Network(4), progress=False)
     log = TrafficLog()  # recorded, but not replayed: the run has no clock
     trainer.network.traffic = log

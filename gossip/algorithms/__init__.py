@@ -27,5 +27,7 @@ ALGORITHMS.register("d2", D2)
 ALGORITHMS.register("qgm", QGM)
 ALGORITHMS.register("sgp", SGP)
 
-__all__ = ["ALGORITHMS", "Algorithm", "AllReduce", "Choco", "D2", "DPSGD", "DeepSqueeze", "GradientTracking",
-           "Moniqua", "PowerGossip", "QGM", "SGP"]
+__all__ = ["ALGORITHMS", "Algorithm", "AllReduce", "AllReduceOptions", "Choco", "ChocoOptions", "D2",
+           "D2Options", "DPSGD", "DPSGDOptions", "DeepSqueeze", "DeepSqueezeOptions", "GradientTracking",
+           "GradientTrackingOptions", "Local", "LocalOptions", "Moniqua", "MoniquaOptions", "PowerGossip",
+           "PowerGossipOptions", "QGM", "QGMOptions", "SGP", "SGPOptions"]

@@ -78,8 +78,9 @@ class Algorithm(ABC):
     @classmethod
     def step_events(cls, options: Any) -> tuple[str, ...]:
         """What one step does, in order, for the simulated clock's dry run: ``"compute"`` (the
-        gradients), ``"round"`` (a gossip round), ``"collective"`` (an all-reduce)."""
-        return ("compute", "round")
+        gradients), ``"round"`` (a gossip round), ``"collective"`` (an all-reduce). By default one
+        of each of the first two, in the options' ``order`` (``step_first`` where they have none)."""
+        return order_events(getattr(options, "order", "step_first"))
 
     @abstractmethod
     def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
@@ -176,10 +177,6 @@ class GossipAlgorithm(Algorithm):
     A subclass says how its exchange starts (:meth:`start_gossip`, from the current parameters)
     and how what arrives is applied (:meth:`finish_gossip`, in place).
     """
-
-    @classmethod
-    def step_events(cls, options: Any) -> tuple[str, ...]:
-        return order_events(options.order)
 
     def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         topology = self.schedule(t)

@@ -66,10 +66,6 @@ class D2(Algorithm):
     def bytes_per_step(cls, options: D2Options, shapes: list[torch.Size], topology: Topology, worker: int) -> int:
         return topology.degree(worker) * 4 * sum(math.prod(shape) for shape in shapes)
 
-    @classmethod
-    def step_events(cls, options: D2Options) -> tuple[str, ...]:
-        return ("compute", "round")
-
     def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         topology = self.schedule(t)
         current = {w.id: w.params.clone() for w in self.workers}

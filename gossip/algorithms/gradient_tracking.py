@@ -29,7 +29,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from gossip.algorithms.base import Algorithm, GossipOptions, order_events
+from gossip.algorithms.base import Algorithm, GossipOptions
 from gossip.registry import option
 from gossip.worker import Worker
 from topologies import Topology
@@ -59,10 +59,6 @@ class GradientTracking(Algorithm):
     def bytes_per_step(cls, options: GradientTrackingOptions, shapes: list[torch.Size], topology: Topology,
                        worker: int) -> int:
         return topology.degree(worker) * 4 * 2 * sum(math.prod(shape) for shape in shapes)
-
-    @classmethod
-    def step_events(cls, options: GradientTrackingOptions) -> tuple[str, ...]:
-        return order_events(options.order)
 
     def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         topology = self.schedule(t)

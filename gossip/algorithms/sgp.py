@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from gossip.algorithms.base import Algorithm, GossipOptions, order_events
+from gossip.algorithms.base import Algorithm, GossipOptions
 from gossip.registry import option
 from gossip.worker import Worker
 from topologies import Topology
@@ -52,10 +52,6 @@ class SGP(Algorithm):
     @classmethod
     def bytes_per_step(cls, options: SGPOptions, shapes: list[torch.Size], topology: Topology, worker: int) -> int:
         return topology.degree(worker) * 4 * (sum(math.prod(shape) for shape in shapes) + 1)
-
-    @classmethod
-    def step_events(cls, options: SGPOptions) -> tuple[str, ...]:
-        return order_events(options.order)
 
     def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         topology = self.schedule(t)
