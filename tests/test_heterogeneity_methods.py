@@ -19,6 +19,7 @@ from gossip import OptimizerConfig
 from gossip import config as config_module
 from gossip.algorithms import ALGORITHMS, D2, DPSGD, QGM
 from gossip.network import Network
+from gossip.registry import ConfigError
 from gossip.train import main
 from gossip.trainer import Trainer
 from gossip.worker import Worker
@@ -85,6 +86,17 @@ def test_d2_refuses_a_mixing_matrix_with_an_eigenvalue_at_or_below_minus_one_thi
 def test_qgm_refuses_an_optimizer_without_heavy_ball_momentum(optimizer, message):
     with pytest.raises(ValueError, match=message):
         QGM(topologies.ring(4), Network(4), linear_workers(4, optimizer))
+
+
+@pytest.mark.parametrize("optimizer, message", [
+    ({"momentum": 0}, "got SGD with momentum 0"),
+    ({"name": "adamw"}, "got AdamW"),
+])
+def test_qgm_refuses_the_configured_optimizer_before_the_run_starts(optimizer, message):
+    raw = {"workers": 4, "algorithm": {"name": "qgm"}, "optimizer": {"lr": 0.1, **optimizer}, "train": {"steps": 1}}
+    with pytest.raises(ConfigError, match=f"^algorithm.name: qgm replaces the momentum buffer .*{message}$"):
+        config_module.from_dict(raw)
+    config_module.from_dict({**raw, "optimizer": {"lr": 0.1, "momentum": 0.9}})
 
 
 # (name, options): every method of this family, in each order it has

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional
 
 import torch
+from torch import nn
 
 from gossip.algorithms.dpsgd import DPSGD
 from gossip.algorithms.base import GossipOptions
+from gossip.optim import build_optimizer
 from gossip.registry import option
 from gossip.worker import Worker
 
@@ -35,6 +37,10 @@ class QGMOptions(GossipOptions):
     name: Literal["qgm"] = option("qgm", help="quasi-global momentum (D-PSGD; needs optimizer sgd with momentum)")
     mu: Optional[float] = option(None, help="averaging factor μ of the quasi-global buffer "
                                             "(default: the optimizer's momentum β)", ge=0, lt=1)
+
+    def check(self, config: Any) -> None:
+        """Refuse, before the run starts, a configured optimizer without heavy-ball momentum."""
+        check_heavy_ball(build_optimizer(config.optimizer, nn.Linear(1, 1)), self.name)
 
 
 class QGM(DPSGD):
