@@ -59,22 +59,24 @@ class TopologyConfig:
 
     name: str = option("ring", help="ring | torus | expander | complete | star | hypercube | "
                                     "exponential | erdos_renyi | one_peer_exponential | "
-                                    "directed_exponential | one_peer_directed_exponential")
+                                    "directed_exponential | one_peer_directed_exponential | "
+                                    "directed_erdos_renyi")
     weights: Optional[Literal["metropolis_hastings", "uniform", "max_degree"]] = option(
         None, help="how W is made from an undirected graph (default metropolis_hastings); "
                    "directed graphs always use 1/(out-degree + 1)")
     rows: Optional[int] = option(None, help="torus: rows (rows x cols = workers)", ge=1)
     cols: Optional[int] = option(None, help="torus: columns", ge=1)
     degree: Optional[int] = option(None, help="expander: degree of the random regular graph", ge=1)
-    p: Optional[float] = option(None, help="erdos_renyi: edge probability", gt=0, le=1)
-    seed: Optional[int] = option(None, help="expander, erdos_renyi: graph seed (default: the run's seed)")
+    p: Optional[float] = option(None, help="erdos_renyi, directed_erdos_renyi: edge probability", gt=0, le=1)
+    seed: Optional[int] = option(None, help="expander, erdos_renyi, directed_erdos_renyi: graph seed "
+                                            "(default: the run's seed)")
 
     def build(self, workers: int, run_seed: int) -> "topologies.Schedule":
         """The topology schedule for ``workers`` workers (static graphs are a constant schedule)."""
         import topologies
 
         params = {k: getattr(self, k) for k in ("rows", "cols", "degree", "p", "seed") if getattr(self, k) is not None}
-        if self.name in ("expander", "erdos_renyi"):
+        if self.name in ("expander", "erdos_renyi", "directed_erdos_renyi"):
             params.setdefault("seed", run_seed)
         return topologies.build_schedule(self.name, workers, weights=self.weights, **params)
 

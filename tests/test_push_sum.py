@@ -51,11 +51,13 @@ def no_gradient() -> None:
 
 @pytest.mark.parametrize("topology, regular", [(topologies.directed_exponential(N), True),
                                                (topologies.build_schedule("one_peer_directed_exponential", N), True),
+                                               (topologies.directed_erdos_renyi(N, 0.2), False),
                                                (irregular_digraph(), False)],
-                         ids=["directed_exponential", "one_peer_directed_exponential", "irregular"])
+                         ids=["directed_exponential", "one_peer_directed_exponential", "directed_erdos_renyi",
+                              "irregular"])
 def test_push_sum_reaches_the_exact_average_in_z(topology, regular):
     """200 steps at lr 0, float64. On a graph whose nodes all have the same in- and out-degree
-    W is doubly stochastic, so the weights stay 1 and x averages too; on the irregular graph only
+    W is doubly stochastic, so the weights stay 1 and x averages too; on the irregular graphs only
     z does."""
     n = topology.n
     workers = float64_workers(n)

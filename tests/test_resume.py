@@ -58,12 +58,17 @@ def assert_same_run(resumed: Path, reference: Path, bitwise: bool = True) -> Non
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-# Every algorithm (D² on the complete graph, SGP on the one-peer directed exponential graph), and PowerGossip with fresh random projections every round (warm_start false:
+# Every algorithm (D² on the complete graph, SGP on the one-peer directed exponential graph and on
+# a random directed graph), and PowerGossip with fresh random projections every round (warm_start false:
 # the edges' generators must resume where they stopped).
 VARIANTS = {name: [f"algorithm.name={name}"] for name in sorted(ALGORITHMS.entries)}
 VARIANTS["powergossip-cold"] = ["algorithm.name=powergossip", "algorithm.warm_start=false"]
 VARIANTS["d2"].append("topology.name=complete")  # the 4-ring's W has the eigenvalue -1/3 that D² refuses
 VARIANTS["sgp"].append("topology.name=one_peer_directed_exponential")  # directed and time-varying
+# Push-sum weights that move: out-degrees 1 to 3 on the 4 workers (seed 0).
+VARIANTS["sgp-random"] = ["algorithm.name=sgp", "topology.name=directed_erdos_renyi", "topology.p=0.5"]
+#: What runs in two processes: every algorithm once, and SGP with moving weights.
+TWO_PROCESS_VARIANTS = [*sorted(ALGORITHMS.entries), "sgp-random"]
 
 
 def sets(variant: str) -> list[str]:
@@ -124,7 +129,7 @@ def _first_20_steps_of_every_variant(rank: int, world_size: int, root: str) -> d
     from gossip.spawn import job_store
 
     codes = {}
-    for k, variant in enumerate(sorted(ALGORITHMS.entries)):
+    for k, variant in enumerate(TWO_PROCESS_VARIANTS):
         if not dist.is_initialized():  # main() closed the previous one
             dist.init_process_group("gloo", store=dist.PrefixStore(f"variant-{k}/", job_store()), rank=rank,
                                     world_size=world_size, timeout=datetime.timedelta(seconds=120))
@@ -137,16 +142,24 @@ def _first_20_steps_of_every_variant(rank: int, world_size: int, root: str) -> d
 def two_process_runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("two-processes")
     for codes in spawn(_first_20_steps_of_every_variant, 2, str(root), timeout=600):
-        assert codes == {variant: 0 for variant in ALGORITHMS.entries}, codes
+        assert codes == {variant: 0 for variant in TWO_PROCESS_VARIANTS}, codes
     return root
 
 
-@pytest.mark.parametrize("variant", sorted(ALGORITHMS.entries))
+@pytest.mark.parametrize("variant", TWO_PROCESS_VARIANTS)
 def test_two_processes_then_one_process_equals_uninterrupted(tmp_path, reference, two_process_runs, variant):
     run_dir = tmp_path / "run"
     shutil.copytree(two_process_runs / variant, run_dir)
     assert main(["--resume", str(run_dir), "--set", "train.steps=40", "--no-progress"]) == 0
     assert_same_run(run_dir, reference(variant), bitwise=False)
+
+
+def test_push_sum_weights_move_and_are_checkpointed(reference):
+    """The random directed graph's variant really exercises push-sum: its checkpointed weights are
+    not all 1 (on the other topologies of these tests they stay 1)."""
+    directory = checkpoint.find_latest(reference("sgp-random"))
+    weights = [checkpoint.load_worker(directory, w, torch.device("cpu"))["algorithm"]["weight"].item() for w in range(4)]
+    assert max(abs(w - 1) for w in weights) > 0.05, weights
 
 
 def test_one_process_then_two_processes_equals_uninterrupted(tmp_path, reference):

@@ -367,6 +367,18 @@ def test_the_one_peer_directed_schedule_averages_exactly_over_a_period():
     assert np.allclose(product, np.full((8, 8), 1 / 8))
 
 
+def test_directed_erdos_renyi_is_strongly_connected_with_out_degrees_that_differ():
+    t = topologies.directed_erdos_renyi(16, 0.2, seed=0)
+    assert t.directed and nx.is_strongly_connected(t.graph)
+    assert np.allclose(t.W.sum(axis=0), 1) and not np.allclose(t.W.sum(axis=1), 1)  # push-sum's case
+    for j in range(16):
+        assert t.weight(j, j) == pytest.approx(1 / (len(t.out_neighbors(j)) + 1))
+    assert t.edges == topologies.directed_erdos_renyi(16, 0.2, seed=0).edges != topologies.directed_erdos_renyi(16, 0.2, seed=5).edges
+    assert topologies.build("directed_erdos_renyi", 16, p=0.2, seed=0).edges == t.edges
+    with pytest.raises(ValueError, match="directed_erdos_renyi: no strongly connected graph with n=16, p=0.01 .*a larger p"):
+        topologies.directed_erdos_renyi(16, 0.01)
+
+
 def test_directed_builders_refuse_a_weights_scheme():
     with pytest.raises(ValueError, match="directed_exponential: weights are 1/\\(out-degree \\+ 1\\)"):
         topologies.build("directed_exponential", 8, "uniform")

@@ -3,16 +3,18 @@
 A :class:`Topology` is a connected graph on nodes 0..n-1 with a symmetric, doubly stochastic
 mixing matrix ``W`` and its spectral gap, or a strongly connected directed graph with a
 column-stochastic ``W`` for push-sum; builders make the usual families (``ring``, ``torus``,
-``expander``, ``directed_exponential``, ...), ``build`` makes one from a config's name and worker
-count, and schedules give time-varying topologies such as the one-peer exponential graph.
+``expander``, ``directed_exponential``, ``directed_erdos_renyi``, ...), ``build`` makes one from a
+config's name and worker count, and schedules give time-varying topologies such as the one-peer
+exponential graph.
 
 >>> import topologies
 >>> topologies.ring(16).neighbors(0)
 [1, 15]
 """
 
-from topologies.builders import (BUILDERS, build, builder_parameters, complete, directed_exponential, erdos_renyi,
-                                 expander, exponential, from_matrix, from_networkx, hypercube, ring, star, torus)
+from topologies.builders import (BUILDERS, build, builder_parameters, complete, directed_erdos_renyi,
+                                 directed_exponential, erdos_renyi, expander, exponential, from_matrix,
+                                 from_networkx, hypercube, ring, star, torus)
 from topologies.schedules import (SCHEDULES, OnePeerDirectedExponential, OnePeerExponential, Schedule, StaticSchedule,
                                   build_schedule)
 from topologies.topology import Topology
@@ -23,7 +25,7 @@ __all__ = [
     "Topology", "Schedule", "StaticSchedule", "OnePeerExponential", "OnePeerDirectedExponential",
     "build", "build_schedule", "builder_parameters",
     "ring", "torus", "expander", "complete", "star", "hypercube", "exponential", "erdos_renyi",
-    "directed_exponential",
+    "directed_exponential", "directed_erdos_renyi",
     "from_networkx", "from_matrix",
     "mixing_matrix", "metropolis_hastings", "uniform", "max_degree", "column_uniform",
 ]

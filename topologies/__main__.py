@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("params", nargs="*", help="its parameters, in the order listed below")
     parser.add_argument("--weights", help=f"weight scheme of an undirected graph: {', '.join(SCHEMES)} "
                                            f"(default metropolis_hastings; directed graphs: 1/(out-degree + 1))")
-    parser.add_argument("--seed", type=int, help="graph seed of expander and erdos_renyi (default 0)")
+    parser.add_argument("--seed", type=int, help="graph seed of the random graphs (expander, erdos_renyi, "
+                                                 "directed_erdos_renyi; default 0)")
     parser.add_argument("--step", type=int, default=0, help="step t of a time-varying schedule (default 0)")
     args = parser.parse_args(argv)
     try:

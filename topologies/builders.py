@@ -142,6 +142,24 @@ def erdos_renyi(n: int, p: float, seed: int = 0, weights: SchemeLike = "metropol
     return _topology(graph, weights, "erdos_renyi", n=n, p=p, seed=seed)
 
 
+def directed_erdos_renyi(n: int, p: float, seed: int = 0) -> Topology:
+    """A directed G(n, p) random graph, each edge i -> j present with probability p, redrawn with
+    seed+1, seed+2, ... until strongly connected, with push-sum weights ``1/(out-degree + 1)``.
+    Out-degrees differ from node to node, so W is column- but not row-stochastic: plain gossip
+    converges to a weighted average, and push-sum's de-biasing is needed for the average.
+
+    >>> t = directed_erdos_renyi(6, 0.5, seed=3)
+    >>> t.directed, t.W.sum(axis=0).round(12).tolist() == [1.0] * 6, t.W.sum(axis=1).round(12).tolist() == [1.0] * 6
+    (True, True, False)
+    """
+    n = _checks.integer(n, "directed_erdos_renyi: n", 1)
+    p = _checks.probability(p, "directed_erdos_renyi: p")
+    seed = _checks.integer(seed, "directed_erdos_renyi: seed", 0)
+    graph = _connected(lambda s: nx.gnp_random_graph(n, p, seed=s, directed=True), seed,
+                       f"directed_erdos_renyi: no strongly connected graph with n={n}, p={p:g}", "a larger p")
+    return _directed_topology(graph, "directed_erdos_renyi", n=n, p=p, seed=seed)
+
+
 def from_networkx(G: nx.Graph | nx.DiGraph, weights: SchemeLike | None = None) -> Topology:
     """Any connected networkx graph, its nodes relabelled 0..n-1 in sorted order.
 
@@ -194,6 +212,7 @@ BUILDERS: dict[str, Callable[..., Topology]] = {
     "exponential": exponential,
     "erdos_renyi": erdos_renyi,
     "directed_exponential": directed_exponential,
+    "directed_erdos_renyi": directed_erdos_renyi,
 }
 
 
@@ -263,10 +282,11 @@ def _graph(n: int, pairs: Iterable[tuple[int, int]], directed: bool = False) -> 
 
 
 def _connected(draw: Callable[[int], nx.Graph], seed: int, failure: str, hint: str) -> nx.Graph:
-    """The first connected graph ``draw(s)`` for s = seed, seed+1, ..., at most ``MAX_TRIES`` draws."""
+    """The first connected (strongly, if directed) graph ``draw(s)`` for s = seed, seed+1, ..., at
+    most ``MAX_TRIES`` draws."""
     for s in range(seed, seed + MAX_TRIES):
         graph = draw(s)
-        if nx.is_connected(graph):
+        if (nx.is_strongly_connected if graph.is_directed() else nx.is_connected)(graph):
             return graph
     raise ValueError(f"{failure} in {MAX_TRIES} tries (seeds {seed}..{seed + MAX_TRIES - 1}); try {hint}")
 

@@ -14,8 +14,9 @@ the de-biased ``z_i = x_i / w_i``, which converge to the exact average:
 gradients are taken there and that is what is evaluated, averaged and checkpointed, with ``w_i``
 as the algorithm's state (``x_i = z_i w_i`` is formed for the step). On an undirected topology, or
 a directed one in which every node has the same in- and out-degree (``directed_exponential``, its
-one-peer schedule), W is doubly stochastic: the weights stay 1 and SGP is D-PSGD. Each message is
-``x_i`` and ``w_i``: ``out-degree × 4 × (parameters + 1)`` bytes per step.
+one-peer schedule), W is doubly stochastic: the weights stay 1 and SGP is D-PSGD; where out-degrees
+differ (``directed_erdos_renyi``) they move. Each message is ``x_i`` and ``w_i``:
+``out-degree × 4 × (parameters + 1)`` bytes per step.
 """
 
 from __future__ import annotations
