@@ -145,8 +145,8 @@ def erdos_renyi(n: int, p: float, seed: int = 0, weights: SchemeLike = "metropol
 def directed_erdos_renyi(n: int, p: float, seed: int = 0) -> Topology:
     """A directed G(n, p) random graph, each edge i -> j present with probability p, redrawn with
     seed+1, seed+2, ... until strongly connected, with push-sum weights ``1/(out-degree + 1)``.
-    Out-degrees differ from node to node, so W is column- but not row-stochastic: plain gossip
-    converges to a weighted average, and push-sum's de-biasing is needed for the average.
+    Its out-degrees usually differ from node to node, and then W is column- but not row-stochastic:
+    plain gossip converges to a weighted average, and push-sum's de-biasing is needed for the average.
 
     >>> t = directed_erdos_renyi(6, 0.5, seed=3)
     >>> t.directed, t.W.sum(axis=0).round(12).tolist() == [1.0] * 6, t.W.sum(axis=1).round(12).tolist() == [1.0] * 6
