@@ -65,7 +65,7 @@ VARIANTS = {name: [f"algorithm.name={name}"] for name in sorted(ALGORITHMS.entri
 VARIANTS["powergossip-cold"] = ["algorithm.name=powergossip", "algorithm.warm_start=false"]
 VARIANTS["d2"].append("topology.name=complete")  # the 4-ring's W has the eigenvalue -1/3 that D² refuses
 VARIANTS["sgp"].append("topology.name=one_peer_directed_exponential")  # directed and time-varying
-# Push-sum weights that move: out-degrees 1 to 3 on the 4 workers (seed 0).
+# Push-sum weights that move: out-degrees 1 and 2 on the 4 workers (seed 0).
 VARIANTS["sgp-random"] = ["algorithm.name=sgp", "topology.name=directed_erdos_renyi", "topology.p=0.5"]
 #: What runs in two processes: every algorithm once, and SGP with moving weights.
 TWO_PROCESS_VARIANTS = [*sorted(ALGORITHMS.entries), "sgp-random"]

@@ -375,6 +375,8 @@ def test_directed_erdos_renyi_is_strongly_connected_with_out_degrees_that_differ
         assert t.weight(j, j) == pytest.approx(1 / (len(t.out_neighbors(j)) + 1))
     assert t.edges == topologies.directed_erdos_renyi(16, 0.2, seed=0).edges != topologies.directed_erdos_renyi(16, 0.2, seed=5).edges
     assert topologies.build("directed_erdos_renyi", 16, p=0.2, seed=0).edges == t.edges
+    sparse = [topologies.directed_erdos_renyi(8, 0.3, seed=s).edges for s in range(4)]  # most draws fail here
+    assert all(a != b for k, a in enumerate(sparse) for b in sparse[k + 1:])  # yet every seed has its own graph
     with pytest.raises(ValueError, match="directed_erdos_renyi: no strongly connected graph with n=16, p=0.01 .*a larger p"):
         topologies.directed_erdos_renyi(16, 0.01)
 

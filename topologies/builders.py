@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import random
 from collections.abc import Callable, Iterable
 
 import networkx as nx
@@ -21,7 +22,7 @@ from topologies.topology import Topology
 from topologies.validation import SYMMETRY_TOL
 from topologies.weights import SchemeLike, column_uniform, mixing_matrix, scheme_name
 
-MAX_TRIES = 100  # random graphs are redrawn with seeds seed, seed+1, ... until connected
+MAX_TRIES = 100  # random graphs are drawn again (seed, seed+1, ...; or from one stream) until connected
 
 
 def ring(n: int, weights: SchemeLike = "metropolis_hastings") -> Topology:
@@ -63,7 +64,7 @@ def expander(n: int, degree: int, seed: int = 0, weights: SchemeLike = "metropol
     seed = _checks.integer(seed, "expander: seed", 0)
     if degree >= n or n * degree % 2:
         raise ValueError(f"expander: need degree < n and n * degree even, got n={n}, degree={degree}")
-    graph = _connected(lambda s: nx.random_regular_graph(degree, n, seed=s), seed,
+    graph = _connected(lambda k: nx.random_regular_graph(degree, n, seed=seed + k), _seed_range(seed),
                        f"expander: no connected {degree}-regular graph on {n} nodes", "a larger degree")
     return _topology(graph, weights, "expander", n=n, degree=degree, seed=seed)
 
@@ -137,14 +138,15 @@ def erdos_renyi(n: int, p: float, seed: int = 0, weights: SchemeLike = "metropol
     n = _checks.integer(n, "erdos_renyi: n", 1)
     p = _checks.probability(p, "erdos_renyi: p")
     seed = _checks.integer(seed, "erdos_renyi: seed", 0)
-    graph = _connected(lambda s: nx.gnp_random_graph(n, p, seed=s), seed,
+    graph = _connected(lambda k: nx.gnp_random_graph(n, p, seed=seed + k), _seed_range(seed),
                        f"erdos_renyi: no connected graph with n={n}, p={p:g}", "a larger p")
     return _topology(graph, weights, "erdos_renyi", n=n, p=p, seed=seed)
 
 
 def directed_erdos_renyi(n: int, p: float, seed: int = 0) -> Topology:
-    """A directed G(n, p) random graph, each edge i -> j present with probability p, redrawn with
-    seed+1, seed+2, ... until strongly connected, with push-sum weights ``1/(out-degree + 1)``.
+    """A directed G(n, p) random graph, each edge i -> j present with probability p, drawn again
+    from the same seeded stream until strongly connected (so that every seed gives its own graph,
+    however many draws fail), with push-sum weights ``1/(out-degree + 1)``.
     Its out-degrees usually differ from node to node, and then W is column- but not row-stochastic:
     plain gossip converges to a weighted average, and push-sum's de-biasing is needed for the average.
 
@@ -155,7 +157,8 @@ def directed_erdos_renyi(n: int, p: float, seed: int = 0) -> Topology:
     n = _checks.integer(n, "directed_erdos_renyi: n", 1)
     p = _checks.probability(p, "directed_erdos_renyi: p")
     seed = _checks.integer(seed, "directed_erdos_renyi: seed", 0)
-    graph = _connected(lambda s: nx.gnp_random_graph(n, p, seed=s, directed=True), seed,
+    stream = random.Random(seed)  # one stream: a seed whose first draws fail does not fall onto the next seed's graph
+    graph = _connected(lambda k: nx.gnp_random_graph(n, p, seed=stream, directed=True), f"draws of seed {seed}",
                        f"directed_erdos_renyi: no strongly connected graph with n={n}, p={p:g}", "a larger p")
     return _directed_topology(graph, "directed_erdos_renyi", n=n, p=p, seed=seed)
 
@@ -281,14 +284,19 @@ def _graph(n: int, pairs: Iterable[tuple[int, int]], directed: bool = False) -> 
     return graph
 
 
-def _connected(draw: Callable[[int], nx.Graph], seed: int, failure: str, hint: str) -> nx.Graph:
-    """The first connected (strongly, if directed) graph ``draw(s)`` for s = seed, seed+1, ..., at
-    most ``MAX_TRIES`` draws."""
-    for s in range(seed, seed + MAX_TRIES):
-        graph = draw(s)
+def _connected(draw: Callable[[int], nx.Graph], tried: str, failure: str, hint: str) -> nx.Graph:
+    """The first connected (strongly, if directed) graph of ``draw(0)``, ``draw(1)``, ..., at most
+    ``MAX_TRIES`` draws; ``tried`` says which draws they were, for the error."""
+    for k in range(MAX_TRIES):
+        graph = draw(k)
         if (nx.is_strongly_connected if graph.is_directed() else nx.is_connected)(graph):
             return graph
-    raise ValueError(f"{failure} in {MAX_TRIES} tries (seeds {seed}..{seed + MAX_TRIES - 1}); try {hint}")
+    raise ValueError(f"{failure} in {MAX_TRIES} tries ({tried}); try {hint}")
+
+
+def _seed_range(seed: int) -> str:
+    """The seeds of the draws ``seed + k`` that :func:`_connected` tries."""
+    return f"seeds {seed}..{seed + MAX_TRIES - 1}"
 
 
 def _topology(graph: nx.Graph, weights: SchemeLike, kind: str, **shown: object) -> Topology:
