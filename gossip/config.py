@@ -76,8 +76,8 @@ class TopologyConfig:
         import topologies
 
         params = {k: getattr(self, k) for k in ("rows", "cols", "degree", "p", "seed") if getattr(self, k) is not None}
-        if self.name in ("expander", "erdos_renyi", "directed_erdos_renyi"):
-            params.setdefault("seed", run_seed)
+        if self.name in topologies.BUILDERS and "seed" in topologies.builder_parameters(self.name):
+            params.setdefault("seed", run_seed)  # a random graph's default seed is the run's
         return topologies.build_schedule(self.name, workers, weights=self.weights, **params)
 
 

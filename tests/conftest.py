@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,16 @@ def failure(result: subprocess.CompletedProcess) -> str:
 def _run(command: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def dry_run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[str, int]:
+    """What ``gossip.train --dry-run`` prints for ``args`` (a config and its ``--set``s), and the
+    model's parameter count read from it."""
+    from gossip.train import main
+
+    assert main([*args, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    return printed, int(re.search(r"model +\w+, ([\d,]+) parameters", printed).group(1).replace(",", ""))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

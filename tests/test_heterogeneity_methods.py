@@ -8,7 +8,6 @@ each worker's own optimum is far from the global one."""
 from __future__ import annotations
 
 import copy
-import re
 
 import pytest
 import torch
@@ -20,11 +19,10 @@ from gossip import config as config_module
 from gossip.algorithms import ALGORITHMS, D2, DPSGD, QGM
 from gossip.network import Network
 from gossip.registry import ConfigError
-from gossip.train import main
 from gossip.trainer import Trainer
 from gossip.worker import Worker
 
-from conftest import ROOT
+from conftest import ROOT, dry_run
 
 WORKERS, SAMPLES, STEPS, LR = 7, 64, 400, 0.1
 
@@ -125,11 +123,8 @@ def test_the_network_counts_exactly_the_analytic_bytes(name, options):
 
 @pytest.mark.parametrize("name, factor", [("gradient_tracking", 2), ("d2", 1), ("qgm", 1)])
 def test_the_dry_run_prints_the_bytes(capsys, name, factor):
-    args = ["--config", str(ROOT / "configs/logistic.yaml"), "--dry-run", "--set", f"algorithm.name={name}",
-            "--set", "workers=5"]  # a ring of 5: D²'s eigenvalue condition holds
-    assert main(args) == 0
-    printed = capsys.readouterr().out
-    parameters = int(re.search(r"model +\w+, ([\d,]+) parameters", printed).group(1).replace(",", ""))
+    printed, parameters = dry_run(["--config", str(ROOT / "configs/logistic.yaml"), "--set", f"algorithm.name={name}",
+                                   "--set", "workers=5"], capsys)  # a ring of 5: D²'s eigenvalue condition holds
     assert f"worker 0 sends {factor * 2 * 4 * parameters:,} B" in printed
 
 

@@ -5,7 +5,6 @@ and the refusals of the algorithms that need a symmetric W."""
 from __future__ import annotations
 
 import copy
-import re
 
 import networkx as nx
 import pytest
@@ -19,10 +18,9 @@ from gossip.algorithms import DPSGD, SGP
 from gossip.network import Network
 from gossip.registry import ConfigError
 from gossip.spawn import spawn
-from gossip.train import main
 from gossip.worker import Worker
 
-from conftest import ROOT
+from conftest import ROOT, dry_run
 
 N = 16
 
@@ -43,6 +41,13 @@ def float64_workers(n: int, lr: float = 0.0, momentum: float = 0.0) -> list[Work
     for w in workers:
         w.params.copy_(torch.randn(w.params.shape, generator=gen, dtype=torch.float64))
     return workers
+
+
+def quadratics(n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each worker's own quadratic, ``g_i(z) = A_i z + c_i`` (float64, seeded)."""
+    gen = torch.Generator().manual_seed(1)
+    A = torch.randn(n, d, d, generator=gen, dtype=torch.float64) / d ** 0.5
+    return A, torch.randn(n, d, generator=gen, dtype=torch.float64)
 
 
 def no_gradient() -> None:
@@ -92,10 +97,7 @@ def test_one_step_is_the_papers_rule(order):
     topology, lr = irregular_digraph(), 0.1
     n = topology.n
     workers = float64_workers(n, lr=lr)
-    d = workers[0].params.numel()
-    gen = torch.Generator().manual_seed(1)
-    A = torch.randn(n, d, d, generator=gen, dtype=torch.float64) / d ** 0.5
-    c = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    A, c = quadratics(n, workers[0].params.numel())
     W = torch.tensor(topology.W)
     X, weights = torch.stack([w.params.clone() for w in workers]), torch.ones(n, 1, dtype=torch.float64)
 
@@ -121,10 +123,7 @@ def _irregular_run(rank: int, world_size: int, order: str, stop_at: int | None, 
     topology = irregular_digraph()
     n = topology.n
     network = Network(n, rank, world_size)
-    gen = torch.Generator().manual_seed(1)
-    d = float64_workers(1)[0].params.numel()
-    A = torch.randn(n, d, d, generator=gen, dtype=torch.float64) / d ** 0.5
-    c = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    A, c = quadratics(n, float64_workers(1)[0].params.numel())
 
     def build() -> tuple[list[Worker], SGP]:
         workers = [w for w in float64_workers(n, lr=0.1) if network.is_local(w.id)]
@@ -180,11 +179,8 @@ def test_the_network_counts_exactly_the_analytic_bytes():
 
 def test_the_dry_run_prints_the_bytes(capsys):
     """On directed_exponential(8) every worker sends to 3 out-neighbours: 3 × 4 × (parameters + 1)."""
-    args = ["--config", str(ROOT / "configs/logistic.yaml"), "--dry-run", "--set", "algorithm.name=sgp",
-            "--set", "topology.name=directed_exponential", "--set", "workers=8"]
-    assert main(args) == 0
-    printed = capsys.readouterr().out
-    parameters = int(re.search(r"model +\w+, ([\d,]+) parameters", printed).group(1).replace(",", ""))
+    printed, parameters = dry_run(["--config", str(ROOT / "configs/logistic.yaml"), "--set", "algorithm.name=sgp",
+                                   "--set", "topology.name=directed_exponential", "--set", "workers=8"], capsys)
     assert f"worker 0 sends {3 * 4 * (parameters + 1):,} B" in printed
 
 

@@ -164,7 +164,8 @@ def test_two_workers_in_a_run_match_the_hand_count():
     ({"name": "qgm"}, {"optimizer": {"lr": 0.1, "momentum": 0.9}}),
     ({"name": "sgp"}, {"topology": {"name": "directed_exponential"}}),
     ({"name": "sgp", "order": "step_first"}, {"topology": {"name": "one_peer_directed_exponential"}}),
-], ids=lambda value: "-".join(str(v.get("name", "")) if isinstance(v, dict) else str(v) for v in value.values()) or "-")
+], ids=["dpsgd", "dpsgd-step_first", "powergossip-3", "allreduce", "local", "choco", "gradient_tracking",
+        "gradient_tracking-step_first", "d2-complete", "qgm", "sgp-directed", "sgp-step_first-one_peer_directed"])
 def test_a_step_records_the_events_the_dry_run_plans(algorithm, keys):
     """What a real step records (compute, rounds, collectives, in order) is what ``step_events``
     tells the dry run, and a round's bytes are what ``bytes_per_step`` counts."""
