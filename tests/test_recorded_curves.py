@@ -1,7 +1,19 @@
 """The first 20 steps of a few runs, recorded with the hand-written SGD that gossip had before it
 used ``torch.optim``, replayed on the current code: the losses, learning rates and consensus
-distances agree to 1e-6 (relative; the consensus distance, a float32 sum over the whole model,
-to 1e-5).
+distances agree to 1e-6 (relative), or to ten times the run's own sensitivity to rounding where
+that is larger.
+
+Why a measured sensitivity: float32 kernels (matrix products, sums) round differently on CPUs
+with different vector widths, so another machine's run differs from the recorded one in the last
+bit from the first step on. In a contracting run (the logistic cases) those differences stay at
+1e-8; in the quickstart LSTM (lr 10) they grow, and the consensus distance, a difference of
+nearly equal models, magnifies them: an Intel Xeon ends 1.3e-5 away from the AMD EPYC that
+recorded the file. :func:`rounding_sensitivity` measures that growth on the machine at hand: it
+replays each case a second time with every initial parameter moved by one unit in the last place
+and takes, per key, the largest relative change up to each step. The bound is ten times that
+(one ulp in the inputs against a few ulps of different rounding in every kernel), so it grows
+only where the run itself amplifies rounding, and a change in behaviour (a learning rate, a
+momentum, a mixing weight) still moves the values far more than it.
 
 ``tests/data/recorded_curves.json`` holds each case's command-line arguments and its records. It
 was written by ``python tests/test_recorded_curves.py`` run against that older code; running it
@@ -18,6 +30,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 DATA = Path(__file__).resolve().parent / "data" / "recorded_curves.json"
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +54,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
 }
 
 KEYS = ("step", "train_loss", "eval_loss", "lr", "consensus_distance", "local_eval_loss_mean")
-#: Relative tolerance per key (default 1e-6). The consensus distance sums float32 squares of the
-#: workers' small differences over the whole model (116,292 parameters here); its rounding follows
-#: the order of that sum, which the CPU's vector width sets: two x86 machines gave 3.4e-6 apart.
-TOLERANCE = {"consensus_distance": 1e-5}
+#: The relative tolerance where the run does not amplify rounding.
+TOLERANCE = 1e-6
+#: How far past one ulp of the initial model a different CPU's rounding may take a run.
+ROUNDING_FACTOR = 10.0
 
 
 def current_arguments(arguments: list[str]) -> list[str]:
@@ -59,6 +72,41 @@ def current_arguments(arguments: list[str]) -> list[str]:
     return result
 
 
+def relative(a: float, b: float) -> float:
+    """``|a - b| / |b|``, with 0 for two values within 1e-12 of each other."""
+    return 0.0 if abs(a - b) <= 1e-12 else abs(a - b) / abs(b)
+
+
+def nudge_initial_model(monkeypatch, config: str) -> None:
+    """Move every initial parameter of ``config``'s task one unit in the last place up."""
+    import yaml
+
+    from gossip.tasks import TASKS
+
+    task = TASKS.implementation(yaml.safe_load((ROOT / config).read_text())["task"]["name"])
+    build_model = task.build_model
+
+    def nudged(self):
+        model = build_model(self)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.nextafter(p, torch.full_like(p, math.inf)))
+        return model
+
+    monkeypatch.setattr(task, "build_model", nudged)
+
+
+def rounding_sensitivity(replayed: list[dict[str, float]], nudged: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Per record and key: the largest relative change that one ulp in the initial model made
+    up to that record (rounding differences grow with the steps, so the bound never shrinks)."""
+    worst: dict[str, float] = {}
+    result = []
+    for a, b in zip(replayed, nudged):
+        worst = {k: max(worst.get(k, 0.0), relative(b[k], a[k])) for k in a}
+        result.append(dict(worst))
+    return result
+
+
 def run_case(config: str, overrides: list[str], run_dir: Path) -> list[dict[str, float]]:
     """Train one case in this process and return the recorded keys of each of its records."""
     from gossip.train import main
@@ -69,16 +117,19 @@ def run_case(config: str, overrides: list[str], run_dir: Path) -> list[dict[str,
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_replays_the_recorded_curve(case, tmp_path):
+def test_replays_the_recorded_curve(case, tmp_path, monkeypatch):
     recorded = json.loads(DATA.read_text())[case]
     assert recorded["arguments"] == CASES[case][1]
-    replayed = run_case(recorded["config"], current_arguments(recorded["arguments"]), tmp_path / "run")
+    arguments = current_arguments(recorded["arguments"])
+    replayed = run_case(recorded["config"], arguments, tmp_path / "run")
     assert [r["step"] for r in replayed] == [r["step"] for r in recorded["records"]]
-    for old, new in zip(recorded["records"], replayed):
+    nudge_initial_model(monkeypatch, recorded["config"])
+    sensitivity = rounding_sensitivity(replayed, run_case(recorded["config"], arguments, tmp_path / "nudged"))
+    for old, new, rounding in zip(recorded["records"], replayed, sensitivity):
         assert old.keys() == new.keys()
         for key in old:
-            assert math.isclose(new[key], old[key], rel_tol=TOLERANCE.get(key, 1e-6), abs_tol=1e-12), \
-                (case, old["step"], key, old[key], new[key])
+            bound = max(TOLERANCE, ROUNDING_FACTOR * rounding[key])
+            assert relative(new[key], old[key]) <= bound, (case, old["step"], key, old[key], new[key], bound)
 
 
 def record(path: Path = DATA) -> None:
