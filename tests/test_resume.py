@@ -64,6 +64,9 @@ def assert_same_run(resumed: Path, reference: Path, bitwise: bool = True) -> Non
 VARIANTS = {name: [f"algorithm.name={name}"] for name in sorted(ALGORITHMS.entries)}
 VARIANTS["powergossip-cold"] = ["algorithm.name=powergossip", "algorithm.warm_start=false"]
 VARIANTS["d2"].append("topology.name=complete")  # the 4-ring's W has the eigenvalue -1/3 that D² refuses
+# D² under a warm-up that changes η at every step (8 steps per epoch): its η_{t-1} is checkpointed.
+VARIANTS["d2-warmup"] = [*VARIANTS["d2"], "lr_schedule.name=warmup_step", "lr_schedule.warmup_epochs=6",
+                         "lr_schedule.warmup_factor=3"]
 VARIANTS["sgp"].append("topology.name=one_peer_directed_exponential")  # directed and time-varying
 # Push-sum weights that move: out-degrees 1 and 2 on the 4 workers (seed 0).
 VARIANTS["sgp-random"] = ["algorithm.name=sgp", "topology.name=directed_erdos_renyi", "topology.p=0.5"]

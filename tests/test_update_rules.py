@@ -210,6 +210,24 @@ def test_d2():
     assert not torch.allclose(X, reference("step_first", Problem(n=N_SPARSE), lambda V: problem.W @ V))  # not D-PSGD
 
 
+def test_d2_scales_its_correction_when_the_learning_rate_changes():
+    """``x^{t+1} = W (x^t − η_t g^t + η_t g^{t-1} + (η_t / η_{t-1}) (x^t − x^{t-1}))`` for η = 0.1,
+    0.05, 0.2, 0.2: the learning-rate-aware D², which is D² for a constant η."""
+    rates = [0.1, 0.05, 0.2, 0.2]
+    problem = Problem(n=N_SPARSE)
+    X = problem.start.double()
+    G = problem.gradient(X)
+    X, previous, G_previous = problem.W @ (X - rates[0] * G), X, G
+    for lr, previous_lr in zip(rates[1:], rates):
+        G = problem.gradient(X)
+        X, previous, G_previous = (problem.W @ (X - lr * G + lr * G_previous + lr / previous_lr * (X - previous)),
+                                   X, G)
+    algorithm = D2(problem.ring, Network(problem.ring.n), problem.workers)
+    for t, lr in enumerate(rates):
+        algorithm.step(t, lr, problem.compute_gradients)
+    torch.testing.assert_close(torch.stack([w.params for w in problem.workers]).double(), X, **TOLERANCE)
+
+
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("mu", [None, 0.5])
 def test_qgm(order, mu):

@@ -8,7 +8,18 @@ stepped model (``x − η g`` for SGD) and ``u_i^{-1} = x_i^0``, then ``x_i^{t+1
 x_j^{t+½}``. The correction cancels the workers' different local optima: with exact gradients and
 a constant step size the workers reach the exact optimum of the average objective. Another
 optimizer than SGD puts its own step in place of ``η g`` (a generalisation; the paper's rule is
-SGD's). The extra state is ``u_i^{t-1}``; the bytes are D-PSGD's.
+SGD's).
+
+The paper's step size is constant. Under a schedule the correction is scaled by ``η_t / η_{t-1}``,
+as in the authors' learning-rate-aware variant (epfml/quasi-global-momentum, ``decentralized_d2_v1``):
+
+    x_i^{t+½} = u_i^t + (η_t / η_{t-1}) (x_i^t − u_i^{t-1})
+              = x_i^t − η_t g_i^t + η_t g_i^{t-1} + (η_t / η_{t-1}) (x_i^t − x_i^{t-1})   (SGD)
+
+which is the rule above whenever ``η_t = η_{t-1}`` (a step that follows one at ``η = 0`` is not
+scaled). Unscaled, every change of η leaves a bias
+``(η_{t-1} − η_t) g_i(x*)`` in the iterate, and the exact optimum is lost. The extra state is
+``u_i^{t-1}`` and ``η_{t-1}``; the bytes are D-PSGD's.
 
 D² needs one fixed W whose smallest eigenvalue is above −1/3 (checked at the start).
 """
@@ -50,6 +61,7 @@ class D2(Algorithm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.previous_stepped = {w.id: w.params.clone() for w in self.workers}  # u^{t-1}, u^{-1} = x^0
+        self.previous_lr = {w.id: 0.0 for w in self.workers}  # η_{t-1}; 0 before the first step
 
     @classmethod
     def check_topology(cls, schedule: Schedule, name: str) -> None:
@@ -72,15 +84,20 @@ class D2(Algorithm):
         self.gradient_step(lr, compute_gradients)
         for w in self.workers:
             stepped, previous = w.params.clone(), self.previous_stepped[w.id]
-            w.params.add_(current[w.id]).sub_(previous)  # u^t + x^t − u^{t-1}
+            step_lr = w.optimizer.param_groups[0]["lr"]
+            previous_lr = self.previous_lr[w.id]
+            scale = step_lr / previous_lr if previous_lr > 0 else 1.0  # x^t − u^{t-1} = 0 at t = 0
+            w.params.add_(current[w.id].sub_(previous), alpha=scale)  # u^t + (η_t/η_{t-1})(x^t − u^{t-1})
             previous.copy_(stepped)
+            self.previous_lr[w.id] = step_lr
         inbox = self.send_to_neighbours(topology, {w.id: w.params for w in self.workers}).wait()
         mixed = [self.mix(topology, w.id, w.params, inbox) for w in self.workers]
         for w, x in zip(self.workers, mixed):
             w.params.copy_(x)
 
     def worker_state(self, worker: Worker) -> dict[str, torch.Tensor]:
-        return {"previous_stepped": self.previous_stepped[worker.id]}
+        return {"previous_stepped": self.previous_stepped[worker.id], "previous_lr": self.previous_lr[worker.id]}
 
-    def load_worker_state(self, worker: Worker, state: dict[str, torch.Tensor]) -> None:
+    def load_worker_state(self, worker: Worker, state: dict[str, Any]) -> None:
         self.previous_stepped[worker.id].copy_(state["previous_stepped"])
+        self.previous_lr[worker.id] = state["previous_lr"]
