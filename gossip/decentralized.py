@@ -97,9 +97,7 @@ class DecentralizedOptimizer:
 
     def consensus_distance(self) -> float:
         """``1/n Σ_i ||x_i − x̄||²`` over all workers (a collective: every process must call it)."""
-        net, params = self.network, self.worker.params
-        mean = net.mean_over_workers([params])
-        return net.gather_per_worker(torch.stack([(params - mean).pow(2).sum()])).mean().item()
+        return self.algorithm.consensus_distance(self.algorithm.averaged_params())
 
     def state_dict(self) -> dict[str, Any]:
         """What :meth:`load_state_dict` needs to continue this worker exactly, except the model's

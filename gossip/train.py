@@ -310,6 +310,7 @@ def plan(config: Config, placement: Placement) -> str:
         f"topology     {config.topology.name} ({weights_label(config, topology)}): degree {'/'.join(map(str, degrees))}, "
         f"spectral gap {topology.spectral_gap:.4g}",
         f"algorithm    {config_module.to_dict(config.algorithm)}",
+        f"order        {ALGORITHMS.implementation(config.algorithm.name).order_summary(config.algorithm)}",
         f"task         {config_module.to_dict(config.task)}",
         f"model        {type(task.model).__name__}, {parameters:,} parameters in {len(shapes)} tensors"
         + (f" ({task.note})" if task.note else ""),

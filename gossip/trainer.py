@@ -243,8 +243,8 @@ class Trainer:
         if restart_window:
             self.loss_sum.zero_()
             self.loss_count = 0
-        mean_params = net.mean_over_workers([w.params for w in self.workers])
-        distances = net.gather_per_worker(torch.stack([(w.params - mean_params).pow(2).sum() for w in self.workers]))
+        mean_params = self.algorithm.averaged_params()
+        consensus_distance = self.algorithm.consensus_distance(mean_params)
         sent = net.gather_per_worker([float(net.bytes_sent[w.id]) for w in self.workers])
         record: dict[str, Any] = {
             "step": self.step,
@@ -256,7 +256,7 @@ class Trainer:
         if self.config.train.local_eval:
             record.update(self.evaluate_locals())
         record.update({
-            "consensus_distance": distances.mean().item(),
+            "consensus_distance": consensus_distance,
             "bytes_per_worker": sent.mean().item(),
             "time_compute_s": self.time["compute"],
             "time_codec_s": self.time["codec"],

@@ -35,15 +35,16 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-def distance_to_optimum(algorithm: dict, lr_schedule: dict | None = None) -> float:
+def distance_to_optimum(algorithm: dict, lr_schedule: dict | None = None, topology: str = "ring",
+                        workers: int = WORKERS, lr: float = LR) -> float:
     """The largest relative distance ``‖x_i − x*‖ / ‖x*‖`` over the workers after ``STEPS`` steps
     (one step per epoch: full batches)."""
-    raw = dict(seed=0, workers=WORKERS, topology={"name": "ring"}, algorithm=algorithm,
+    raw = dict(seed=0, workers=workers, topology={"name": topology}, algorithm=algorithm,
                lr_schedule=lr_schedule or {"name": "constant"},
                task={"name": "least_squares", "dim": 10, "samples_per_worker": SAMPLES, "heterogeneity": 1.0},
-               optimizer={"lr": LR}, train={"steps": STEPS, "batch_size": SAMPLES, "eval_every": STEPS,
+               optimizer={"lr": lr}, train={"steps": STEPS, "batch_size": SAMPLES, "eval_every": STEPS,
                                             "local_eval": False})
-    trainer = Trainer(config_module.from_dict(raw), Network(WORKERS), progress=False)
+    trainer = Trainer(config_module.from_dict(raw), Network(workers), progress=False)
     inputs = torch.cat([torch.cat([x, torch.ones(len(x), 1)], 1) for x, _ in trainer.task.train_data])
     targets = torch.cat([y for _, y in trainer.task.train_data])
     optimum = torch.linalg.lstsq(inputs, targets[:, None]).solution[:, 0]  # Linear's weight, then its bias
@@ -62,6 +63,19 @@ def test_exact_optimum_at_a_constant_step_size_where_dpsgd_stalls(float64, algor
     print(f"{algorithm}: {exact:.3g}; dpsgd at the same step size: {dpsgd:.3g}")
     assert exact < 1e-8
     assert dpsgd > 1e-3
+
+
+@pytest.mark.parametrize("order", ["overlap", "step_first"])
+def test_gradient_tracking_reaches_the_exact_optimum_on_a_graph_that_changes_every_step(float64, order):
+    """DIGing and DSGT on the one-peer exponential graph of 8 workers, whose single W is disconnected."""
+    exact = distance_to_optimum({"name": "gradient_tracking", "order": order}, topology="one_peer_exponential", workers=8)
+    assert exact < 1e-8
+
+
+def test_diging_diverges_where_dsgt_converges(float64):
+    """At lr 0.2 on the same problem (spectral radius of DIGing's iteration 1.011), as the docs say."""
+    assert distance_to_optimum({"name": "gradient_tracking", "order": "step_first"}, lr=0.2) < 1e-8
+    assert distance_to_optimum({"name": "gradient_tracking", "order": "overlap"}, lr=0.2) > 1e3
 
 
 @pytest.mark.parametrize("lr_schedule", [{"name": "warmup_step", "milestones": [300], "decay": 0.1},
@@ -158,3 +172,18 @@ def test_quasi_global_momentum_beats_local_momentum_on_heterogeneous_data():
     print(mean)
     assert mean["qgm"]["eval_loss"] < mean["dpsgd"]["eval_loss"]
     assert mean["qgm"]["local_eval_loss_mean"] < mean["dpsgd"]["local_eval_loss_mean"] - 0.02
+
+
+@pytest.mark.parametrize("name, order, line", [
+    ("dpsgd", "overlap", "overlap (its paper's order)"),
+    ("choco", "overlap", "overlap (its paper's is step_first)"),
+    ("qgm", "step_first", "step_first (its paper's order)"),
+    ("sgp", "overlap", "overlap (its paper's is step_first)"),
+    ("gradient_tracking", "step_first", "step_first (its paper's order)"),
+    ("d2", None, "step_first (its only order, its paper's)"),
+    ("allreduce", None, "no gossip round"),
+])
+def test_the_dry_run_prints_the_order_that_will_run_and_its_papers(capsys, name, order, line):
+    sets = ["--set", f"algorithm.name={name}", "--set", "workers=5"] + (["--set", f"algorithm.order={order}"] if order else [])
+    printed, _ = dry_run(["--config", str(ROOT / "configs/logistic.yaml"), *sets], capsys)
+    assert f"\norder        {line}\n" in printed

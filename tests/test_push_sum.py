@@ -54,6 +54,24 @@ def no_gradient() -> None:
     """Zero gradients: with lr 0 a step is pure push-sum."""
 
 
+def test_the_averaged_model_is_the_average_of_the_numerators_which_push_sum_preserves():
+    """The averaged model (and the consensus distance's centre) of SGP is ``1/n Σ x_i``: at lr 0 on
+    an irregular digraph it stays the workers' starting average at every step, while the mean of
+    the de-biased ``z_i`` moves away from it before both reach it."""
+    workers = float64_workers(8)
+    average = torch.stack([w.params for w in workers]).mean(0)
+    algorithm = SGP(irregular_digraph(), Network(8), workers)
+    largest = 0.0
+    for t in range(30):
+        algorithm.step(t, 0.0, no_gradient)
+        mean = algorithm.averaged_params()
+        torch.testing.assert_close(mean, average, rtol=0, atol=1e-12)
+        largest = max(largest, (torch.stack([w.params for w in workers]).mean(0) - average).abs().max().item())
+        z = torch.stack([w.params for w in workers])
+        assert algorithm.consensus_distance(mean) == pytest.approx((z - mean).pow(2).sum(1).mean().item(), rel=1e-12)
+    assert largest > 1e-2
+
+
 @pytest.mark.parametrize("topology, regular", [(topologies.directed_exponential(N), True),
                                                (topologies.build_schedule("one_peer_directed_exponential", N), True),
                                                (topologies.directed_erdos_renyi(N, 0.2), False),

@@ -197,6 +197,28 @@ def test_gradient_tracking(order):
     torch.testing.assert_close(problem.run(GradientTracking, order=order), X, **TOLERANCE)
 
 
+@pytest.mark.parametrize("order", ORDERS)
+def test_gradient_tracking_on_a_graph_that_changes_every_step(order):
+    """On the one-peer exponential graph (4 workers, partners i XOR 1, i XOR 2, ...): the tracker is
+    mixed with the previous step's W, ``y^t = W^{t-1} y^{t-1} + g^t − g^{t-1}``, then DIGing
+    ``x = W^t x − η y`` (overlap) or DSGT ``x = W^t (x − η y)`` (step_first); 5 steps, so that every
+    matching follows every other. Mixing the tracker with this step's W instead ends 0.05 away."""
+    n, steps = 4, 5
+    problem = Problem(n=n)
+    schedule = topologies.build_schedule("one_peer_exponential", n)
+    W = [torch.tensor(schedule(t).W, dtype=torch.float64) for t in range(steps)]
+    X, Y = problem.start.double(), torch.zeros(n, problem.start.shape[1], dtype=torch.float64)
+    previous = torch.zeros_like(Y)
+    for t in range(steps):
+        G = problem.gradient(X)
+        Y, previous = W[max(t - 1, 0)] @ Y + G - previous, G
+        X = W[t] @ X - LR * Y if order == "overlap" else W[t] @ (X - LR * Y)
+    algorithm = GradientTracking(schedule, Network(n), problem.workers, options=GradientTracking.Options(order=order))
+    for t in range(steps):
+        algorithm.step(t, LR, problem.compute_gradients)
+    torch.testing.assert_close(torch.stack([w.params for w in problem.workers]).double(), X, **TOLERANCE)
+
+
 def test_d2():
     """``x^1 = W (x^0 − η g^0)``, then ``x^{t+1} = W (2 x^t − x^{t-1} − η g^t + η g^{t-1})``."""
     problem = Problem(n=N_SPARSE)

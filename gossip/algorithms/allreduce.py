@@ -29,6 +29,7 @@ class AllReduceOptions:
 
 class AllReduce(Algorithm):
     Options = AllReduceOptions
+    paper_orders = ()
     link_drop_refusal = "averages with a collective, which has no gossip links to drop"
 
     @classmethod

@@ -45,6 +45,10 @@ class Algorithm(ABC):
     #: Why the algorithm cannot stay correct when a message is dropped (``faults.link_drop``), or
     #: None for one that handles a down edge.
     link_drop_refusal: str | None = "does not say how it stays correct when a message is dropped"
+    #: The order(s) in which the algorithm's own paper(s) write it (``overlap``, ``step_first``);
+    #: none for one without a gossip round (all-reduce, local SGD). gossip's default is
+    #: ``overlap`` for every algorithm with an ``order`` key.
+    paper_orders: tuple[Order, ...] = ("overlap",)
 
     def __init__(self, topology: Topology | Schedule, network: Network, workers: list[Worker],
                  options: Any = None, seed: int = 0) -> None:
@@ -82,6 +86,18 @@ class Algorithm(ABC):
         of each of the first two, in the options' ``order`` (``step_first`` where they have none)."""
         return order_events(getattr(options, "order", "step_first"))
 
+    @classmethod
+    def order_summary(cls, options: Any) -> str:
+        """The dry run's line: the order that will run, and its paper's."""
+        if not cls.paper_orders:
+            return "no gossip round"
+        order = getattr(options, "order", None)
+        if order is None:
+            return f"{cls.paper_orders[0]} (its only order, its paper's)"
+        if order in cls.paper_orders:
+            return f"{order} (its paper's order)"
+        return f"{order} (its paper's is {' or '.join(cls.paper_orders)})"
+
     @abstractmethod
     def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         """Run training step ``t``: call ``compute_gradients()`` exactly once (it fills every local
@@ -108,6 +124,24 @@ class Algorithm(ABC):
     def load_state_dict(self, state: dict[int, dict[str, Any]]) -> None:
         for w in self.workers:
             self.load_worker_state(w, state[w.id])
+
+    # --- what the run measures ----------------------------------------------------------------
+
+    def averaged_part(self, worker: Worker) -> torch.Tensor:
+        """What ``worker`` contributes to the averaged model ``x̄``: its model, or for push-sum the
+        numerator whose average the mixing preserves."""
+        return worker.params
+
+    def averaged_params(self) -> torch.Tensor:
+        """The averaged model ``x̄ = 1/n Σ_i`` :meth:`averaged_part` over every worker of the job (a
+        collective: every process must call it)."""
+        return self.network.mean_over_workers([self.averaged_part(w) for w in self.workers])
+
+    def consensus_distance(self, mean: torch.Tensor) -> float:
+        """``1/n Σ_i ‖x_i − x̄‖²`` over every worker of the job, with ``x_i`` the model a worker
+        evaluates (a collective)."""
+        distances = torch.stack([(w.params - mean).pow(2).sum() for w in self.workers])
+        return self.network.gather_per_worker(distances).mean().item()
 
     # --- helpers shared by the algorithms -----------------------------------------------------
 

@@ -37,6 +37,7 @@ class ChocoOptions(CodecOptions):
 
 class Choco(CompressedAlgorithm):
     Options = ChocoOptions
+    paper_orders = ("step_first",)
     requires_static = True
     link_drop_refusal = ("sums its neighbours' public copies from every message they send; one lost "
                          "message leaves those sums wrong for good")

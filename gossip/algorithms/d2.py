@@ -55,6 +55,7 @@ class D2Options:
 
 class D2(Algorithm):
     Options = D2Options
+    paper_orders = ("step_first",)
     requires_static = True
     link_drop_refusal = "corrects with the previous step's mixing, which must be the same fixed W"
 

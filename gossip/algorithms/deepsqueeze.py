@@ -36,6 +36,7 @@ class DeepSqueezeOptions(CodecOptions):
 
 class DeepSqueeze(CompressedAlgorithm):
     Options = DeepSqueezeOptions
+    paper_orders = ("step_first",)
     link_drop_refusal = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -2,11 +2,16 @@
 
 Every worker keeps a tracker ``y_i`` of the workers' average gradient and gossips it with its
 model, so that each worker descends along (an estimate of) the global gradient instead of its
-own. With ``y^{-1} = g^{-1} = 0``:
+own. With ``y^{-1} = g^{-1} = 0``, ``W^t`` the mixing matrix of step t (``W^{-1} = W^0``):
 
-    y_i^t = Σ_j w_ij y_j^{t-1} + g_i(x_i^t) − g_i(x_i^{t-1})
-    overlap (DIGing):    x_i^{t+1} = opt_i(Σ_j w_ij x_j^t, y_i^t)
-    step_first (DSGT):   x_i^{t+1} = Σ_j w_ij opt_i(x_j^t, y_j^t)
+    y_i^t = Σ_j w_ij^{t-1} y_j^{t-1} + g_i(x_i^t) − g_i(x_i^{t-1})
+    overlap (DIGing):    x_i^{t+1} = opt_i(Σ_j w_ij^t x_j^t, y_i^t)
+    step_first (DSGT):   x_i^{t+1} = Σ_j w_ij^t opt_i(x_j^t, y_j^t)
+
+The tracker is mixed with the previous step's W in both, as the papers write them for graphs that
+change (DIGing: ``y^{k+1} = W(k) y^k + ∇f(x^{k+1}) − ∇f(x^k)``). DIGing is the less stable of the
+two at the same step size: on a 7-ring with heterogeneity 1 it diverges at lr 0.2 (spectral radius
+of its iteration 1.011) where DSGT converges.
 
 ``opt_i(x, y)`` is the worker's optimizer stepping ``x`` with ``y`` in place of the gradient
 (SGD: ``x − η y``). A doubly stochastic W keeps ``Σ_i y_i^t = Σ_i g_i(x_i^t)``, so at a fixed
@@ -16,7 +21,8 @@ that grows with the workers' heterogeneity. ``clip_norm`` clips ``g_i`` before i
 tracker; an optimizer's weight decay is applied on top of ``y_i`` (it is not tracked).
 
 One message per neighbour and step carries ``x`` and ``y`` together: twice D-PSGD's bytes. In the
-``overlap`` order it holds ``x^t`` and ``y^{t-1}`` (posted before the gradients are computed);
+``overlap`` order it holds ``x^t`` for step t's neighbours and ``y^{t-1}`` for step t−1's (one
+round, posted before the gradients are computed: a neighbour of both gets both in one message);
 in ``step_first`` it holds ``opt(x^t, y^t)`` and ``y^t``, and the mixed tracker is kept for the
 next step. W may change from step to step.
 """
@@ -46,6 +52,7 @@ class GradientTrackingOptions(GossipOptions):
 
 class GradientTracking(Algorithm):
     Options = GradientTrackingOptions
+    paper_orders = ("overlap", "step_first")  # DIGing, DSGT
     link_drop_refusal = ("keeps the sum of its trackers equal to the sum of the gradients only "
                          "while every message arrives")
 
@@ -63,14 +70,16 @@ class GradientTracking(Algorithm):
     def step(self, t: int, lr: float | None, compute_gradients: Callable[[], None]) -> None:
         topology = self.schedule(t)
         if self.options.order == "overlap":
-            messages = {w.id: torch.cat([w.params, self.tracker[w.id]]) for w in self.workers}
-            pending = self.send_to_neighbours(topology, messages)
+            previous = self.schedule(max(t - 1, 0))
+            pending = self.send_models_and_trackers(topology, previous)
             compute_gradients()
             inbox = pending.wait()
+            size = self.workers[0].params.numel()
+            models = {pair: m[:size] for pair, m in inbox.items() if pair[0] in topology.in_neighbors(pair[1])}
+            trackers = {pair: m[-size:] for pair, m in inbox.items() if pair[0] in previous.in_neighbors(pair[1])}
             for w in self.workers:
-                x, y = self.mix(topology, w.id, messages[w.id], inbox).chunk(2)
-                w.params.copy_(x)
-                self.track(w, y)
+                w.params.copy_(self.mix(topology, w.id, w.params, models))
+                self.track(w, self.mix(previous, w.id, self.tracker[w.id], trackers))
                 self.tracker[w.id].copy_(w.grads)
             self.local_step(lr, clip=False)
         else:
@@ -84,6 +93,20 @@ class GradientTracking(Algorithm):
                 x, y = self.mix(topology, w.id, messages[w.id], inbox).chunk(2)
                 w.params.copy_(x)
                 self.tracker[w.id].copy_(y)
+
+    def send_models_and_trackers(self, topology: Topology, previous: Topology) -> Any:
+        """Post one round: ``x_i`` to ``topology``'s neighbours, ``y_i`` to ``previous``'s, both
+        (``[x_i, y_i]``) to a neighbour in each."""
+        outbox, expected = {}, {}
+        for w in self.workers:
+            i, size = w.id, w.params.numel()
+            for j in set(topology.out_neighbors(i)) | set(previous.out_neighbors(i)):
+                parts = [w.params] * (j in topology.out_neighbors(i)) + [self.tracker[i]] * (j in previous.out_neighbors(i))
+                outbox[(i, j)] = torch.cat(parts)
+            for j in set(topology.in_neighbors(i)) | set(previous.in_neighbors(i)):
+                parts = (j in topology.in_neighbors(i)) + (j in previous.in_neighbors(i))
+                expected[(j, i)] = (parts * size, w.params.dtype)
+        return self.network.start(outbox, expected)
 
     def track(self, worker: Worker, mixed_tracker: torch.Tensor) -> None:
         """``grads ← y^t = mixed_tracker + g^t − g^{t-1}`` (``g^t`` clipped first), keeping ``g^t``."""

@@ -22,6 +22,7 @@ class LocalOptions:
 
 class Local(Algorithm):
     Options = LocalOptions
+    paper_orders = ()
     link_drop_refusal = "sends no messages, so there is no link to drop"
 
     @classmethod

@@ -45,6 +45,7 @@ class QGMOptions(GossipOptions):
 
 class QGM(DPSGD):
     Options = QGMOptions
+    paper_orders = ("step_first",)
     link_drop_refusal = "is defined on D-PSGD with every message delivered"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
