@@ -286,7 +286,7 @@ def test_printed_commands_run_and_are_collected(tmp_path):
     assert again.stdout.splitlines() == lines[1:]
 
 
-@pytest.mark.parametrize("name, count", [("logistic_lr", 30), ("table1_offline", 48), ("heterogeneity", 90)])
+@pytest.mark.parametrize("name, count", [("logistic_lr", 30), ("table1_offline", 36), ("heterogeneity", 105)])
 def test_the_shipped_sweep_files_give_valid_configs(monkeypatch, name, count):
     monkeypatch.chdir(ROOT)
     sweep = sweepfile.load(Path(f"configs/sweeps/{name}.yaml"))
