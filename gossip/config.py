@@ -226,8 +226,8 @@ def fields_reference() -> list[tuple[str, str, str, str]]:
             path = f"{prefix}{f.name}"
             registry = f.metadata.get("registry")
             if registry:
-                for name, (options, _) in sorted(REGISTRIES[registry].entries.items()):
-                    walk(options, f"{path}[{name}].")
+                for name, implementation in sorted(REGISTRIES[registry].entries.items()):
+                    walk(implementation.Options, f"{path}[{name}].")
             elif f.metadata.get("keywords"):
                 rows.append((f"{prefix}KEYWORD", "any", "(none)", f.metadata["help"]))
                 for name, builtin in getattr(cls, "BUILTINS", {}).items():

@@ -104,7 +104,8 @@ def run(label: str, name: str, options: dict, starts: list[torch.Tensor], topolo
         link_drop: float = 0.0) -> list[tuple[int, float, float]]:
     """Gossip from ``starts`` for ``steps`` rounds, each edge down with probability ``link_drop`` in
     every round; returns ``(step, bytes_per_worker, error)`` rows."""
-    options_class, algorithm_class = ALGORITHMS.entries[name]
+    algorithm_class = ALGORITHMS.entries[name]
+    options_class = algorithm_class.Options
     network = Network(len(starts), placement.rank, placement.world_size)
     network.faults = LinkFaults(link_drop, seed) if link_drop else None
     workers = [Worker(i, Matrix(starts[i]), OptimizerConfig(lr=1.0), seed) for i in network.local_workers]

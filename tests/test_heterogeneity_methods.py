@@ -134,7 +134,8 @@ def test_the_network_counts_exactly_the_analytic_bytes(name, options):
     topology = topologies.star(5)
     workers = linear_workers(5, OptimizerConfig(lr=0.1, options={"momentum": 0.9}))
     network = Network(5)
-    options_class, algorithm_class = ALGORITHMS.entries[name]
+    algorithm_class = ALGORITHMS.entries[name]
+    options_class = algorithm_class.Options
     algorithm = algorithm_class(topology, network, workers, options=options_class(name=name, **options))
     gen = torch.Generator().manual_seed(0)
     for t in range(3):
