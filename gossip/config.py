@@ -12,24 +12,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
+import networkx as nx
 import yaml
+
+import topologies as _topologies
 
 from gossip.algorithms import ALGORITHMS
 from gossip.faults import FaultsConfig
 from gossip.optim import LRScheduleConfig, OptimizerConfig
-from gossip.registry import ConfigError, Registry, option, suggest
+from gossip.registry import ConfigError, Registry, check_keywords, keywords_field, option, suggest
 from gossip.simclock import NetworkConfig
 from gossip.tasks import TASKS
-
-if TYPE_CHECKING:
-    import topologies
 
 __all__ = ["Config", "ConfigError", "FaultsConfig", "LRScheduleConfig", "NetworkConfig", "OptimizerConfig",
            "RunDirConfig", "TopologyConfig", "TrainConfig", "apply_overrides", "dump", "fields_reference", "from_dict",
@@ -53,32 +54,62 @@ def _default_of(registry_name: str, name: str) -> Any:
 # The run's sections
 
 
+#: The graphs by name: every builder and schedule of :mod:`topologies`, or ``module.path:function``.
+TOPOLOGIES = Registry("topology", base=None, functions=True)
+for _name, _builder in {**_topologies.BUILDERS, **_topologies.SCHEDULES}.items():
+    TOPOLOGIES.register(_name, _builder)
+
+
 @dataclass
 class TopologyConfig:
-    """The communication graph; its size is ``workers``."""
+    """The communication graph on ``workers`` nodes: a built-in graph, a mixing matrix read from a
+    file, or a function of your own."""
 
-    name: str = option("ring", help="ring | torus | expander | complete | star | hypercube | "
-                                    "exponential | erdos_renyi | one_peer_exponential | "
-                                    "directed_exponential | one_peer_directed_exponential | "
-                                    "directed_erdos_renyi")
+    name: str = option("ring", help=f"{' | '.join(TOPOLOGIES.entries)}, or module.path:function of "
+                                    f"(n, ...) returning a networkx Graph or DiGraph or a topologies.Topology")
     weights: Optional[Literal["metropolis_hastings", "uniform", "max_degree"]] = option(
         None, help="how W is made from an undirected graph (default metropolis_hastings); "
                    "directed graphs always use 1/(out-degree + 1)")
-    rows: Optional[int] = option(None, help="torus: rows (rows x cols = workers)", ge=1)
-    cols: Optional[int] = option(None, help="torus: columns", ge=1)
-    degree: Optional[int] = option(None, help="expander: degree of the random regular graph", ge=1)
-    p: Optional[float] = option(None, help="erdos_renyi, directed_erdos_renyi: edge probability", gt=0, le=1)
-    seed: Optional[int] = option(None, help="expander, erdos_renyi, directed_erdos_renyi: graph seed "
-                                            "(default: the run's seed)")
+    lazy: bool = option(False, help="mix with (W + I)/2, whose eigenvalues are all >= 0 (lets d2 run on "
+                                    "rings, tori and hypercubes) at about half the mixing speed")
+    options: dict[str, Any] = keywords_field(
+        help="any other key is a parameter of the graph: torus rows, cols; expander degree, seed; "
+             "erdos_renyi and directed_erdos_renyi p, seed; matrix path (.npy or text); your function's "
+             "keywords. A seed defaults to the run's")
 
-    def build(self, workers: int, run_seed: int) -> "topologies.Schedule":
-        """The topology schedule for ``workers`` workers (static graphs are a constant schedule)."""
-        import topologies
+    def check_keywords(self, path: str, parse_dataclass: Any) -> None:
+        """The keys must be parameters of the graph's builder or function."""
+        check_keywords(TOPOLOGIES.implementation(self.name, f"{path}name"), self, path,
+                       reserved=("n", "dim", "weights"), require=False)
 
-        params = {k: getattr(self, k) for k in ("rows", "cols", "degree", "p", "seed") if getattr(self, k) is not None}
-        if self.name in topologies.BUILDERS and "seed" in topologies.builder_parameters(self.name):
+    def build(self, workers: int, run_seed: int) -> "_topologies.Schedule":
+        """The topology schedule for ``workers`` workers (a static graph is a constant schedule)."""
+        builder = TOPOLOGIES.implementation(self.name)
+        params = dict(self.options)
+        if "seed" in inspect.signature(builder).parameters:
             params.setdefault("seed", run_seed)  # a random graph's default seed is the run's
-        return topologies.build_schedule(self.name, workers, weights=self.weights, **params)
+        if self.name in TOPOLOGIES.entries:
+            schedule = _topologies.build_schedule(self.name, workers, weights=self.weights, **params)
+        else:
+            schedule = _user_schedule(self.name, builder(workers, **params), self.weights, workers)
+        return _topologies.Lazy(schedule) if self.lazy else schedule
+
+
+def _user_schedule(name: str, made: Any, weights: Optional[str], workers: int) -> "_topologies.Schedule":
+    """What a user's topology function returned, as a schedule on ``workers`` nodes."""
+    if isinstance(made, nx.Graph):
+        made = _topologies.from_networkx(made, weights)
+    elif weights is not None:
+        raise ValueError(f"weights: {name} returned a {type(made).__name__}, which has its weights; "
+                         f"weights applies to a networkx graph")
+    if isinstance(made, _topologies.Topology):
+        made = _topologies.StaticSchedule(made)
+    if not isinstance(made, _topologies.Schedule):
+        raise ValueError(f"name: {name} returned {type(made).__name__}; expected a networkx Graph or DiGraph, "
+                         f"a topologies.Topology or a topologies.Schedule")
+    if made.n != workers:
+        raise ValueError(f"name: {name} returned a graph on {made.n} nodes; expected workers = {workers}")
+    return made
 
 
 @dataclass
