@@ -316,6 +316,8 @@ def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
     where = path.rstrip(".") or "config"
     if raw is None:
         raw = {}
+    if isinstance(raw, str) and "name" in {f.name for f in dataclasses.fields(cls)}:
+        raw = {"name": raw}  # a section's short form: its name alone
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping of keys, got {_describe(raw)}")
     hints = typing.get_type_hints(cls)

@@ -54,7 +54,7 @@ ALGORITHM_CONFIGS: dict[str, dict[str, Any]] = {
     "powergossip-1": {"name": "powergossip", "iterations": 1},
     "powergossip-8": {"name": "powergossip", "iterations": 8},
     "choco-sign": {"name": "choco", "codec": "sign"},
-    "choco-topk": {"name": "choco", "codec": "topk", "fraction": 0.01},
+    "choco-topk": {"name": "choco", "codec": {"name": "topk", "fraction": 0.01}},
     "deepsqueeze": {"name": "deepsqueeze", "codec": "sign"},
     "moniqua": {"name": "moniqua"},
 }

@@ -44,8 +44,8 @@ LABELS: dict[str, tuple[str, dict]] = {
     "powergossip": ("powergossip", {"rank": 1, "iterations": 1, "warm_start": True}),
     "powergossip-random": ("powergossip", {"rank": 1, "iterations": 1, "warm_start": False}),
     "choco-sign": ("choco", {"codec": "sign", "gamma": 1.0}),
-    "choco-topk": ("choco", {"codec": "topk", "fraction": 0.01, "gamma": 0.02}),
-    "choco-qsgd": ("choco", {"codec": "qsgd", "levels": 127, "gamma": 1.0}),
+    "choco-topk": ("choco", {"codec": {"name": "topk", "fraction": 0.01}, "gamma": 0.02}),
+    "choco-qsgd": ("choco", {"codec": {"name": "qsgd", "levels": 127}, "gamma": 1.0}),
     "deepsqueeze-sign": ("deepsqueeze", {"codec": "sign", "gamma": 0.02}),
     "moniqua": ("moniqua", {"theta": 4.0, "bits": 2, "gamma": 0.005}),
 }
