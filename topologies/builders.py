@@ -221,7 +221,10 @@ def matrix(n: int, path: str) -> Topology:
         raise ValueError(f"matrix: cannot read {str(path)!r} ({' '.join(str(exc).split())})") from None
     if W.shape != (n, n):
         raise ValueError(f"matrix: {str(path)!r} holds a matrix of shape {W.shape}; expected ({n}, {n}) for n={n} workers")
-    topology = from_matrix(W)
+    try:
+        topology = from_matrix(W)
+    except ValueError as exc:
+        raise ValueError(f"matrix: {str(path)!r}: {exc}") from None
     topology.name = f"matrix({path})"
     return topology
 
