@@ -1,11 +1,12 @@
 """The typed configuration of a run: dataclasses, YAML loading, ``--set`` overrides, validation.
 
 A config is plain data (``yaml.safe_load``) checked against the dataclasses below before anything
-starts or is written. Sections whose keys depend on a name (``algorithm``, ``task``) are parsed
-against the options dataclass that the named algorithm or task registers, or that the class named
-``module.path:ClassName`` declares as its ``Options``, so a new algorithm brings its own keys
-without touching this file. Every error is one :class:`ConfigError` line that
-names the key path and what is allowed.
+starts or is written. Every component is a section ``{name: ..., <its keys>}`` (or its name alone)
+whose name a :class:`~gossip.registry.Registry` resolves: ``algorithm`` and ``task`` are parsed
+against the ``Options`` dataclass of the class they name; ``topology``, ``optimizer``,
+``lr_schedule`` and a codec collect their other keys and check them against the signature of the
+function or class they name. A new component brings its own keys without touching this file.
+Every error is one :class:`ConfigError` line that names the key path and what is allowed.
 """
 
 from __future__ import annotations
@@ -201,6 +202,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, A
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+            elif isinstance(child, str):  # a section's short form, its name alone: codec: sign
+                child = node[part] = {"name": child}
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key.strip()!r}: {'.'.join(parts[: i + 1])} is not a section")
             node = child
@@ -280,11 +283,11 @@ def reference_markdown() -> str:
              "Generated from the config dataclasses by `python scripts/config_reference.py`; a test fails",
              "when this page is stale. Keys are set in the YAML file or with `--set key=value`.",
              "`algorithm[NAME].key` and `task[NAME].key` exist when `algorithm.name` / `task.name` is NAME;",
-             "`lr_schedule[NAME].key` when `lr_schedule.name` is the built-in NAME. The `optimizer` and",
-             "`lr_schedule` sections also take the keywords of the class they name (`optimizer.KEYWORD`):",
-             "`momentum` and `nesterov` of `sgd`, `betas` and `eps` of `adamw`, `step_size` of `StepLR`, ...",
-             "`algorithm.name` and `task.name` may also be `module.path:ClassName`, a class of your own whose",
-             "keys are those of its `Options` dataclass (see [extending.md](extending.md)).", ""]
+             "`lr_schedule[NAME].key` when `lr_schedule.name` is the built-in NAME. The `topology`, `codec`,",
+             "`optimizer` and `lr_schedule` sections also take the parameters of the function or class they",
+             "name (`optimizer.KEYWORD`): `rows` and `cols` of `torus`, `fraction` of `topk`, `momentum` and",
+             "`nesterov` of `sgd`, `step_size` of `StepLR`, ... Every `name` may also be `module.path:Name`, a",
+             "component of your own (see [extending.md](extending.md)).", ""]
     section = None
     for path, type_name, default, help_text in fields_reference():
         top = path.split(".")[0].split("[")[0] if ("." in path or "[" in path) else "top level"
