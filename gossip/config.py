@@ -245,6 +245,31 @@ def to_dict(config: Any) -> dict[str, Any]:
     return result
 
 
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"dotted.key": value}``, the keys of ``--set``.
+
+    >>> flatten({"optimizer": {"lr": 0.1, "betas": [0.9, 0.95]}, "seed": 0})
+    {'optimizer.lr': 0.1, 'optimizer.betas': [0.9, 0.95], 'seed': 0}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_keys(saved: Config, wanted: Config) -> list[str]:
+    """The dotted keys whose values differ between the config a run directory holds and the one
+    asked for, but ``run.dir`` (in ``wanted``'s order, then keys only ``saved`` has): the one rule
+    for "is this directory the same run?" of the command line and the sweep tool, each of which
+    allows its own keys to change."""
+    old, new = flatten(to_dict(saved)), flatten(to_dict(wanted))
+    return [key for key in [*new, *(k for k in old if k not in new)]
+            if key != "run.dir" and (key in old, old.get(key)) != (key in new, new.get(key))]
+
+
 def dump(config: Config) -> str:
     """The config as YAML that :func:`load` reads back into an equal config."""
     return yaml.safe_dump(to_dict(config), sort_keys=False)

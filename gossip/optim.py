@@ -14,8 +14,6 @@ steps). Without an ``lr_schedule`` section the learning rate is constant.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import inspect
 import math
 from dataclasses import dataclass

@@ -12,7 +12,7 @@ import importlib
 import inspect
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Callable
 
 

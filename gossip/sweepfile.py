@@ -30,6 +30,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from gossip import config as config_module
+
 
 class SweepError(ValueError):
     """A sweep-file or command-line problem, as one line naming the key and what is allowed."""
@@ -213,18 +215,15 @@ def _axis(values: Any, where: str) -> list[Any]:
     return values
 
 
-def _flatten(raw: Any, where: str, prefix: str = "") -> dict[str, Any]:
+def _flatten(raw: Any, where: str) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise SweepError(f"{where}: expected a mapping of config keys to values, got {raw!r}")
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or not key:
+    flat = config_module.flatten(raw)
+    for key in flat:
+        if not all(key.split(".")):
             raise SweepError(f"{where}: keys must be config keys such as optimizer.lr, got {key!r}")
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, where, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = [_number(v) for v in value] if isinstance(value, list) else _number(value)
-    return flat
+    return {key: [_number(v) for v in value] if isinstance(value, list) else _number(value)
+            for key, value in flat.items()}
 
 
 def _check_keys(raw: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:

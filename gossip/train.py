@@ -151,7 +151,7 @@ def check_same_config(config: Config, placement: Placement) -> None:
     """Every process must run the same config: compare with process 0's before any step."""
     if placement.world_size == 1:
         return
-    mine = _flatten(config_module.to_dict(config))
+    mine = config_module.flatten(config_module.to_dict(config))
     gathered: list[Any] = [None] * placement.world_size
     dist.all_gather_object(gathered, mine)
     for rank, theirs in enumerate(gathered):
@@ -159,16 +159,6 @@ def check_same_config(config: Config, placement: Placement) -> None:
         if differing:
             raise ConfigError(f"process {rank}'s config differs from process {placement.rank}'s at: "
                               f"{', '.join(differing)}; every process must run the same config")
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def decide_start(config: Config, resume: Path | None, explicit: bool) -> tuple[Path, str | None]:
@@ -197,12 +187,12 @@ def check_same_run(run_dir: Path, config: Config) -> None:
     :data:`RESUMABLE` ones) whose value in ``run_dir/config.yaml`` differs from ``config``'s."""
     fix = "set run.resume: never or use another run.dir"
     try:
-        saved = _flatten(config_module.to_dict(config_module.load(run_dir / "config.yaml")))
+        saved_config = config_module.load(run_dir / "config.yaml")
     except ConfigError as exc:
         raise ConfigError(f"{run_dir} holds a run whose config cannot be read ({exc}); {fix}") from None
-    wanted = _flatten(config_module.to_dict(config))
-    for key in [*wanted, *(k for k in saved if k not in wanted)]:
-        if key not in RESUMABLE and key != "run.dir" and (key in saved, saved.get(key)) != (key in wanted, wanted.get(key)):
+    saved, wanted = (config_module.flatten(config_module.to_dict(c)) for c in (saved_config, config))
+    for key in config_module.changed_keys(saved_config, config):
+        if key not in RESUMABLE:
             raise ConfigError(f"{run_dir} holds a run with {key}={_shown(saved, key)}; "
                               f"this config has {_shown(wanted, key)} ({fix})")
 

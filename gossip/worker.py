@@ -8,7 +8,6 @@ others are told apart by ``views``.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -96,11 +95,6 @@ def _check_optimizer_parameters(optimizer: torch.optim.Optimizer, model: nn.Modu
     if stepped != trainable:
         raise ValueError(f"the optimizer must step exactly the model's {len(trainable)} trainable parameters; "
                          f"it steps {len(stepped)}, {len(stepped - trainable)} of them not the model's")
-
-
-def replicate(model: nn.Module, count: int) -> list[nn.Module]:
-    """``count`` independent copies of ``model`` (the same initial point for every worker)."""
-    return [copy.deepcopy(model) for _ in range(count)]
 
 
 def _seeded_rng_state(seed: int, device: torch.device) -> torch.Tensor:

@@ -213,7 +213,7 @@ def test_worker_state_resumes_bit_exactly(label):
     gradients = Gradients(workers)
     for t in range(4):
         algorithm.step(t, 0.05, gradients)
-    saved = copy.deepcopy(({w.id: w.state_dict() for w in workers}, algorithm.state_dict()))
+    saved = copy.deepcopy(({w.id: w.state_dict() for w in workers}, {w.id: algorithm.worker_state(w) for w in workers}))
     for t in range(4, 8):
         algorithm.step(t, 0.05, gradients)
 
@@ -222,7 +222,8 @@ def test_worker_state_resumes_bit_exactly(label):
     for w in resumed:
         w.load_state_dict(worker_states[w.id])
     other = build(VARIANTS[label], topology, resumed)
-    other.load_state_dict(algorithm_state)
+    for w in resumed:
+        other.load_worker_state(w, algorithm_state[w.id])
     resumed_gradients = Gradients(resumed, calls=gradients.calls - 4)
     for t in range(4, 8):
         other.step(t, 0.05, resumed_gradients)

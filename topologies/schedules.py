@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 import networkx as nx
 
 from topologies import _checks
-from topologies.builders import BUILDERS, build, lazy, ring
+from topologies.builders import BUILDERS, build, lazy
 from topologies.topology import Topology
 from topologies.weights import SchemeLike, column_uniform, mixing_matrix, scheme_name
 
@@ -72,6 +72,7 @@ class StaticSchedule(Schedule):
 class Lazy(Schedule):
     """``schedule`` with every step's W replaced by ``(W + I) / 2`` (:func:`topologies.lazy`).
 
+    >>> from topologies.builders import ring
     >>> Lazy(StaticSchedule(ring(4)))(0).W[0].round(4).tolist()
     [0.6667, 0.1667, 0.0, 0.1667]
     """

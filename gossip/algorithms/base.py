@@ -118,13 +118,6 @@ class Algorithm(ABC):
     def load_worker_state(self, worker: Worker, state: dict[str, Any]) -> None:
         """Restore what :meth:`worker_state` returned."""
 
-    def state_dict(self) -> dict[int, dict[str, Any]]:
-        return {w.id: self.worker_state(w) for w in self.workers}
-
-    def load_state_dict(self, state: dict[int, dict[str, Any]]) -> None:
-        for w in self.workers:
-            self.load_worker_state(w, state[w.id])
-
     # --- what the run measures ----------------------------------------------------------------
 
     def averaged_part(self, worker: Worker) -> torch.Tensor:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from gossip import compression
 from gossip.algorithms.base import Algorithm, GossipAlgorithm, GossipOptions
-from gossip.registry import option
 from gossip.network import PendingRound
 from gossip.seeding import generator
 from topologies import Topology
