@@ -288,19 +288,6 @@ def test_placement_does_not_change_training(tmp_path):
         assert b["bytes_per_worker"] == a["bytes_per_worker"]
 
 
-def test_an_edge_state_saved_as_per_group_blocks_loads_to_the_same_vector():
-    """Checkpoints written before the edge state became one flat vector still resume."""
-    torch.manual_seed(0)
-    workers = make_workers(conv_net(), range(3))
-    algorithm = PowerGossip(topologies.ring(3), Network(3), workers, options=PowerGossipOptions(iterations=3))
-    algorithm.step(0, 0.1, no_gradient)
-    edge = algorithm.edges[0][1]
-    expected = edge.vector.clone()
-    edge.load_state_dict({"vectors": [v.clone() for v in edge.vectors], "side": edge.side,
-                          "generator": edge.generator.get_state()})
-    assert torch.equal(edge.vector, expected) and len(edge.vectors) == len(algorithm.plan.groups)
-
-
 def mixed_net() -> nn.Module:
     """Matrices of distinct shapes (a conv kernel viewed 6 × 27, 10 × 24, 7 × 10), two of one shape
     (7 × 7, a shape group of two), and 1-D tensors (biases, a norm's scale and shift)."""
