@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import json
 import re
 import types
 import typing
@@ -27,10 +28,10 @@ import yaml
 import topologies as _topologies
 
 from gossip.algorithms import ALGORITHMS
-from gossip.faults import FaultsConfig
-from gossip.optim import LRScheduleConfig, OptimizerConfig
+from gossip.comm.faults import FaultsConfig
+from gossip.algorithms.optim import LRScheduleConfig, OptimizerConfig
 from gossip.registry import ConfigError, Registry, check_keywords, keywords_field, option, suggest
-from gossip.simclock import NetworkConfig
+from gossip.comm.simclock import NetworkConfig
 from gossip.tasks import TASKS
 
 __all__ = ["Config", "ConfigError", "FaultsConfig", "LRScheduleConfig", "NetworkConfig", "OptimizerConfig",
@@ -258,6 +259,14 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def format_value(value: Any) -> str:
+    """A value as ``--set`` reads it back (YAML): strings as written unless they would read as
+    something else, everything else as JSON (true, null, 0.1, [10, 20])."""
+    if isinstance(value, str) and yaml.safe_load(value) == value:
+        return value
+    return json.dumps(value)
 
 
 def changed_keys(saved: Config, wanted: Config) -> list[str]:

@@ -26,7 +26,7 @@ import torch
 from bench_common import (cpu_description, format_table, parse_list, pick_device,  # scripts/ is on sys.path
                           synchronize, warn_if_busy)
 
-from gossip import compression
+from gossip.algorithms import compression
 
 #: The codecs measured: label -> (codec name, options).
 CODEC_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {

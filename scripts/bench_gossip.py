@@ -40,9 +40,9 @@ from bench_common import (cpu_description, format_table, parse_list, pick_device
 
 from gossip import config as config_module
 from gossip.algorithms import ALGORITHMS
-from gossip.network import Network
-from gossip.spawn import spawn
-from gossip.trainer import Trainer
+from gossip.comm.messages import Network
+from gossip.comm.spawn import spawn
+from gossip.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -30,11 +30,11 @@ from tqdm import tqdm
 import topologies
 from gossip.algorithms import ALGORITHMS
 from gossip.config import OptimizerConfig
-from gossip.distributed import Placement, join, leave
-from gossip.faults import LinkFaults
-from gossip.network import Network
-from gossip.seeding import generator
-from gossip.worker import Worker
+from gossip.comm.distributed import Placement, join, leave
+from gossip.comm.faults import LinkFaults
+from gossip.comm.messages import Network
+from gossip.comm.seeding import generator
+from gossip.algorithms.worker import Worker
 
 SIZE = 100
 

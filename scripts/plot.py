@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from gossip.algorithms import ALGORITHMS
-from gossip.sweeptables import read_csv, read_records
+from gossip.sweep.sweeptables import read_csv, read_records
 
 #: The x axes a plot can have, and their labels.
 X_AXES = {"step": "step", "bytes_per_worker": "bytes sent per worker", "sim_time_s": "simulated time (s)"}

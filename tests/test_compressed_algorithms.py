@@ -14,16 +14,17 @@ import yaml
 from torch import nn
 
 import topologies
-from gossip import compression, config as config_module
+from gossip.algorithms import compression
+from gossip import config as config_module
 from gossip.algorithms import ALGORITHMS
 from gossip.algorithms.compressed import PackedCodec
 from gossip.algorithms.moniqua import MoniquaOptions, centred_mod, neighbour_offset
 from gossip.config import ConfigError, OptimizerConfig
-from gossip.network import Network
-from gossip.trainer import Trainer
-from gossip.worker import Worker
+from gossip.comm.messages import Network
+from gossip.train.trainer import Trainer
+from gossip.algorithms.worker import Worker
 
-from gossip.spawn import spawn
+from gossip.comm.spawn import spawn
 
 from conftest import read_metrics
 
@@ -325,7 +326,7 @@ def _every_variant_in_two_processes(rank: int, world_size: int, root: str) -> di
 
     import torch.distributed as dist
 
-    from gossip.spawn import job_store
+    from gossip.comm.spawn import job_store
     from gossip.train import main
 
     codes = {}

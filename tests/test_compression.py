@@ -1,12 +1,12 @@
-"""Tests for gossip.compression: wire sizes, round trips, statistics and errors."""
+"""Tests for gossip.algorithms.compression: wire sizes, round trips, statistics and errors."""
 
 import math
 
 import pytest
 import torch
 
-from gossip.compression import Codec, Moniqua, build, pack_bits, unpack_bits
-from gossip.compression import _distinct_draws, _topk_entries
+from gossip.algorithms.compression import Codec, Moniqua, build, pack_bits, unpack_bits
+from gossip.algorithms.compression import _distinct_draws, _topk_entries
 
 SIZES = [1, 7, 13, 64, 1000]
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import topologies
 from gossip import ConfigError, DecentralizedOptimizer
-from gossip.spawn import spawn
+from gossip.comm.spawn import spawn
 from gossip.train import main
 
 from conftest import failure, read_metrics, run_torchrun

@@ -17,12 +17,12 @@ import topologies
 from gossip import config as config_module
 from gossip.algorithms import ALGORITHMS
 from gossip.config import OptimizerConfig
-from gossip.faults import LinkFaults
-from gossip.network import Network
+from gossip.comm.faults import LinkFaults
+from gossip.comm.messages import Network
 from gossip.registry import ConfigError
-from gossip.seeding import generator
-from gossip.simclock import TrafficLog
-from gossip.worker import Worker
+from gossip.comm.seeding import generator
+from gossip.comm.simclock import TrafficLog
+from gossip.algorithms.worker import Worker
 
 N = 6
 

@@ -17,10 +17,10 @@ import topologies
 from gossip import OptimizerConfig
 from gossip import config as config_module
 from gossip.algorithms import ALGORITHMS, D2, DPSGD, QGM
-from gossip.network import Network
+from gossip.comm.messages import Network
 from gossip.registry import ConfigError
-from gossip.trainer import Trainer
-from gossip.worker import Worker
+from gossip.train.trainer import Trainer
+from gossip.algorithms.worker import Worker
 
 from conftest import ROOT, dry_run
 

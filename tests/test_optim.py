@@ -12,10 +12,10 @@ import yaml
 from torch import nn
 
 from gossip import config as cfg
-from gossip.optim import LRSchedule
+from gossip.algorithms.optim import LRSchedule
 from gossip.registry import ConfigError
 from gossip.train import main
-from gossip.worker import Worker
+from gossip.algorithms.worker import Worker
 
 from conftest import ROOT
 

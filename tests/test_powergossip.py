@@ -13,11 +13,11 @@ import topologies
 from gossip.algorithms import PowerGossip
 from gossip.algorithms.powergossip import PowerGossipOptions
 from gossip.config import OptimizerConfig
-from gossip.edge import orthonormalize
-from gossip.network import Network
-from gossip.spawn import spawn
+from gossip.algorithms.edge import orthonormalize
+from gossip.comm.messages import Network
+from gossip.comm.spawn import spawn
 from gossip.train import main
-from gossip.worker import Worker
+from gossip.algorithms.worker import Worker
 
 from conftest import ROOT, read_metrics, run_cli
 

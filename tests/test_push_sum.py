@@ -15,10 +15,10 @@ import topologies
 from gossip import OptimizerConfig
 from gossip import config as config_module
 from gossip.algorithms import DPSGD, SGP
-from gossip.network import Network
+from gossip.comm.messages import Network
 from gossip.registry import ConfigError
-from gossip.spawn import spawn
-from gossip.worker import Worker
+from gossip.comm.spawn import spawn
+from gossip.algorithms.worker import Worker
 
 from conftest import ROOT, dry_run
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from gossip import checkpoint
+from gossip.train import checkpoint
 from gossip.algorithms import ALGORITHMS
-from gossip.spawn import free_port, spawn
+from gossip.comm.spawn import free_port, spawn
 from gossip.train import main
 
 from conftest import ROOT, port_taken, read_metrics, run_cli
@@ -129,7 +129,7 @@ def _first_20_steps_of_every_variant(rank: int, world_size: int, root: str) -> d
 
     import torch.distributed as dist
 
-    from gossip.spawn import job_store
+    from gossip.comm.spawn import job_store
 
     codes = {}
     for k, variant in enumerate(TWO_PROCESS_VARIANTS):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from gossip.algorithms.base import GossipAlgorithm, GossipOptions
-from gossip.network import PendingRound
+from gossip.comm.messages import PendingRound
 from gossip.registry import option
 from topologies import Topology
 

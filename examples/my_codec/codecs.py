@@ -1,4 +1,4 @@
-"""A message codec of your own: a frozen dataclass that subclasses ``gossip.compression.Codec``;
+"""A message codec of your own: a frozen dataclass that subclasses ``gossip.algorithms.compression.Codec``;
 its fields are its keys in the ``codec`` section. ChocoSGD and DeepSqueeze apply it to every
 parameter tensor, and count exactly ``wire_bytes`` per tensor.
 
@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from gossip.compression import Codec
+from gossip.algorithms.compression import Codec
 
 
 @dataclass(frozen=True, repr=False)

@@ -19,10 +19,10 @@ from typing import Any, Sequence
 
 import torch
 
-from gossip import compression
+from gossip.algorithms import compression
 from gossip.algorithms.base import Algorithm, GossipAlgorithm, GossipOptions
-from gossip.network import PendingRound
-from gossip.seeding import generator
+from gossip.comm.messages import PendingRound
+from gossip.comm.seeding import generator
 from topologies import Topology
 
 Inbox = dict[tuple[int, int], torch.Tensor]

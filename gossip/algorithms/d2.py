@@ -36,7 +36,7 @@ import torch
 
 from gossip.algorithms.base import Algorithm
 from gossip.registry import option
-from gossip.worker import Worker
+from gossip.algorithms.worker import Worker
 from topologies import Schedule, Topology
 
 #: D²'s convergence needs every eigenvalue of W above this (Tang et al. 2018, Assumption 1). At

@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from gossip import compression
+from gossip.algorithms import compression
 from gossip.algorithms.base import GossipOptions
 from gossip.algorithms.compressed import CompressedAlgorithm, PendingMessages
 from gossip.registry import option

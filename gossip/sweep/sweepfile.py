@@ -22,7 +22,6 @@ in this order: the top-level ``set``, the row's, the swept values, ``seed``.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Mapping
 import yaml
 
 from gossip import config as config_module
+from gossip.config import format_value
 
 
 class SweepError(ValueError):
@@ -105,14 +105,6 @@ class Sweep:
                                  "make the values or labels differ")
             seen.add(run.name)
         return runs
-
-
-def format_value(value: Any) -> str:
-    """A value as ``--set`` reads it back (YAML): strings as written unless they would read as
-    something else, everything else as JSON (true, null, 0.1, [10, 20])."""
-    if isinstance(value, str) and yaml.safe_load(value) == value:
-        return value
-    return json.dumps(value)
 
 
 def parse_grid_option(text: str) -> tuple[str, list[Any]]:

@@ -181,7 +181,7 @@ class LRSchedule:
 def build_optimizer(config: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer that ``config`` names over ``model``'s trainable parameters, in two parameter
     groups: weight decay on tensors with more than one dimension (on all with ``weight_decay_1d``)
-    and none on the others (clipping is the worker's, :meth:`gossip.worker.Worker.clip_grads_`)."""
+    and none on the others (clipping is the worker's, :meth:`gossip.algorithms.worker.Worker.clip_grads_`)."""
     cls = OPTIMIZERS.implementation(config.name, "optimizer.name")
     params = [p for p in model.parameters() if p.requires_grad]
     decayed = [p for p in params if config.weight_decay_1d or p.dim() > 1]

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gossip.optim import OptimizerConfig, build_optimizer
-from gossip.seeding import seed_for
+from gossip.algorithms.optim import OptimizerConfig, build_optimizer
+from gossip.comm.seeding import seed_for
 
 
 class Worker:

@@ -765,7 +765,7 @@ class CodecConfig:
     Its other keys are the codec's own (its dataclass fields)."""
 
     name: str = option("sign", help="identity | topk | randomk | sign | qsgd, or module.path:Class (a "
-                                    "gossip.compression.Codec); applied per parameter tensor")
+                                    "gossip.algorithms.compression.Codec); applied per parameter tensor")
     options: dict[str, Any] = keywords_field(help="the codec's own keys: topk and randomk fraction (of each "
                                                   "tensor's entries, at least one); randomk rescale (by d/k, "
                                                   "unbiased); qsgd levels (1..127)")

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from gossip.seeding import generator
+from gossip.comm.seeding import generator
 
 
 BATCH_LIMIT = 1 << 16

@@ -17,8 +17,8 @@ from torch import nn
 from gossip.algorithms import ALGORITHMS, Algorithm
 from gossip.config import TopologyConfig, parse_algorithm
 from gossip.registry import ConfigError
-from gossip.network import Network
-from gossip.worker import Worker
+from gossip.comm.messages import Network
+from gossip.algorithms.worker import Worker
 from topologies import Schedule, StaticSchedule, Topology
 
 

@@ -8,7 +8,7 @@ the swept values, the seed), J at a time, each with ``cores // J`` threads; its 
 ``NAME/train.log``. A run whose metrics reach its final step with the sweep's config is skipped;
 one with a checkpoint is continued with ``--resume`` (also when only its length grew); any other
 is started over. Failed runs never stop the others. Then ``DIR/results.csv`` and
-``DIR/summary.md`` are written (see :mod:`gossip.sweeptables`); the exit status is 1 when a run is
+``DIR/summary.md`` are written (see :mod:`gossip.sweep.sweeptables`); the exit status is 1 when a run is
 not done.
 """
 
@@ -31,12 +31,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gossip import checkpoint, sweepfile, sweeptables
+from gossip.train import checkpoint
+
+from gossip.sweep import sweepfile, sweeptables
 from gossip import config as config_module
 from gossip.config import ConfigError
-from gossip.sweepfile import Run, Row, Sweep, SweepError, format_value
-from gossip.sweeptables import RunResult
-from gossip.train import RESUMABLE
+from gossip.sweep.sweepfile import Run, Row, Sweep, SweepError, format_value
+from gossip.sweep.sweeptables import RunResult
+from gossip.train.cli import RESUMABLE
 
 LOG = "train.log"
 WALL = "sweep.json"  # the run's accumulated wall time under the sweep
@@ -282,7 +284,3 @@ def _cores() -> int:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from gossip.sweepfile import Run, format_value
+from gossip.sweep.sweepfile import Run, format_value
 
 METRICS = ("eval_loss", "eval_perplexity", "eval_accuracy", "local_eval_loss_mean", "local_eval_perplexity_mean",
            "local_eval_accuracy_mean", "train_loss", "consensus_distance")

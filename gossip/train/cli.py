@@ -22,16 +22,15 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch.distributed as dist
 
-from gossip import checkpoint
+from gossip.train import checkpoint
 from gossip import config as config_module
 from gossip.config import Config, ConfigError
-from gossip.distributed import Placement, join, leave, loss_linger_s
-from gossip.network import Network, NetworkError, PeerLostError
-from gossip.simclock import SimClock, planned_step
-from gossip.sweepfile import format_value
+from gossip.comm.distributed import Placement, join, leave, loss_linger_s
+from gossip.comm.messages import Network, NetworkError, PeerLostError
+from gossip.comm.simclock import SimClock, planned_step
 from gossip.algorithms import ALGORITHMS
 from gossip.tasks import TASKS, DataError
-from gossip.trainer import NonFiniteError, Trainer
+from gossip.train.trainer import NonFiniteError, Trainer
 
 T = TypeVar("T")
 
@@ -198,7 +197,7 @@ def check_same_run(run_dir: Path, config: Config) -> None:
 
 
 def _shown(flat: dict[str, Any], key: str) -> str:
-    return format_value(flat[key]) if key in flat else "(no such key)"
+    return config_module.format_value(flat[key]) if key in flat else "(no such key)"
 
 
 def keep_metrics_until(trainer: Trainer) -> None:
@@ -320,7 +319,7 @@ PLANNED_STEPS = 100
 
 def simulated_step_s(config: Config, topology: Any, shapes: list, steps_per_epoch: int) -> float:
     """The simulated seconds per step on ``config.network``, from the bytes that every worker sends
-    per step (:func:`gossip.simclock.planned_step`; no link faults): the mean over the first
+    per step (:func:`gossip.comm.simclock.planned_step`; no link faults): the mean over the first
     ``PLANNED_STEPS`` steps (at most an epoch)."""
     algorithm = ALGORITHMS.implementation(config.algorithm.name)
     per_step = [algorithm.bytes_per_step(config.algorithm, shapes, topology, i) for i in range(topology.n)]
@@ -355,7 +354,3 @@ def summary(record: dict, trainer: Trainer, seconds: float, run_dir: Path) -> st
     parts += [f"consensus_distance {record['consensus_distance']:.3g}",
               f"sent {record['bytes_per_worker'] / 2**20:.2f} MiB/worker", f"run dir {run_dir}"]
     return "; ".join(parts)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
