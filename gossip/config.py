@@ -85,7 +85,15 @@ class TopologyConfig:
                        reserved=("n", "dim", "weights"), require=False)
 
     def build(self, workers: int, run_seed: int) -> "_topologies.Schedule":
-        """The topology schedule for ``workers`` workers (a static graph is a constant schedule)."""
+        """The topology schedule for ``workers`` workers (a static graph is a constant schedule),
+        built once: checking the config, the dry run and the trainer share it."""
+        key = repr((workers, run_seed, self.name, self.weights, self.lazy, sorted(self.options.items())))
+        built = self.__dict__.setdefault("_built", {})
+        if key not in built:
+            built[key] = self._build(workers, run_seed)
+        return built[key]
+
+    def _build(self, workers: int, run_seed: int) -> "_topologies.Schedule":
         builder = TOPOLOGIES.implementation(self.name)
         params = dict(self.options)
         if "seed" in inspect.signature(builder).parameters:
