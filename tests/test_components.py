@@ -114,3 +114,12 @@ def test_every_kind_fails_the_same_way_in_one_line_with_exit_status_2(capsys, se
     assert main([*LOGISTIC, *[a for s in sets for a in ("--set", s)], "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {expected}") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_a_name_alone_is_the_short_form_of_a_section_also_under_set():
+    assert cfg.from_dict({"topology": "torus", "workers": 6, "train": {"steps": 1}}).topology.name == "torus"
+    raw = cfg.apply_overrides({"algorithm": {"name": "choco", "codec": "topk"}}, ["algorithm.codec.fraction=0.25"])
+    assert raw["algorithm"]["codec"] == {"name": "topk", "fraction": 0.25}
+    config = cfg.from_dict({**raw, "train": {"steps": 1}})
+    assert repr(config.algorithm.build_codec()) == "TopK(fraction=0.25)"
+    assert cfg.to_dict(config)["algorithm"]["codec"] == {"name": "topk", "fraction": 0.25}

@@ -71,7 +71,7 @@ def test_an_unprintable_or_odd_key_is_quoted_on_one_line(key, shown):
     ({"topology": {"name": "torus", "rows": 3, "cols": 3}}, "topology:"),
     ({"topology": {"name": "hypercube"}, "workers": 6}, "topology:"),
     ({"topology": {"name": "moebius"}}, "topology.name: unknown topology 'moebius'"),
-    ({"topology": "ring"}, "topology: expected a mapping"),
+    ({"topology": 3}, "topology: expected a mapping of keys, got int 3"),
     ({"train": {"steps": 5, "epochs": 1}}, "train: set exactly one of train.steps and train.epochs"),
 ])
 def test_bad_values_name_the_key(raw, expected):

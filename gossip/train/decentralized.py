@@ -132,5 +132,7 @@ def _schedule(topology: str | Topology, world_size: int, seed: int) -> Schedule:
         raise ConfigError(f"topology: expected a name or a topologies.Topology, got {type(topology).__name__}")
     try:
         return TopologyConfig(name=topology).build(world_size, seed)
+    except ConfigError:
+        raise
     except ValueError as exc:
         raise ConfigError(f"topology: {' '.join(str(exc).split())} (workers = {world_size})") from None
