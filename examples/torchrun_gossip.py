@@ -21,7 +21,7 @@ import torch.distributed as dist
 import yaml
 
 import gossip
-from gossip.seeding import seed_for
+from gossip.comm.seeding import seed_for
 from gossip.tasks.synthetic import SyntheticOptions
 
 

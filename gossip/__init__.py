@@ -10,14 +10,14 @@ script's own optimizer instead.
 
 from gossip.algorithms import ALGORITHMS, DPSGD, Algorithm, AllReduce
 from gossip.config import Config
-from gossip.decentralized import DecentralizedOptimizer
-from gossip.optim import OptimizerConfig
+from gossip.train.decentralized import DecentralizedOptimizer
+from gossip.algorithms.optim import OptimizerConfig
 from gossip.registry import ConfigError
 from gossip.config import load as load_config
-from gossip.network import Network
+from gossip.comm.messages import Network
 from gossip.tasks import TASKS, Task
-from gossip.trainer import Trainer
-from gossip.worker import Worker
+from gossip.train.trainer import Trainer
+from gossip.algorithms.worker import Worker
 
 __all__ = ["ALGORITHMS", "TASKS", "Algorithm", "AllReduce", "Config", "ConfigError", "DPSGD",
            "DecentralizedOptimizer", "Network", "OptimizerConfig", "Task", "Trainer", "Worker", "load_config"]

@@ -1,35 +1,38 @@
 """The typed configuration of a run: dataclasses, YAML loading, ``--set`` overrides, validation.
 
 A config is plain data (``yaml.safe_load``) checked against the dataclasses below before anything
-starts or is written. Sections whose keys depend on a name (``algorithm``, ``task``) are parsed
-against the options dataclass that the named algorithm or task registers, or that the class named
-``module.path:ClassName`` declares as its ``Options``, so a new algorithm brings its own keys
-without touching this file. Every error is one :class:`ConfigError` line that
-names the key path and what is allowed.
+starts or is written. Every component is a section ``{name: ..., <its keys>}`` (or its name alone)
+whose name a :class:`~gossip.registry.Registry` resolves: ``algorithm`` and ``task`` are parsed
+against the ``Options`` dataclass of the class they name; ``topology``, ``optimizer``,
+``lr_schedule`` and a codec collect their other keys and check them against the signature of the
+function or class they name. A new component brings its own keys without touching this file.
+Every error is one :class:`ConfigError` line that names the key path and what is allowed.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
+import json
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
+import networkx as nx
 import yaml
 
-from gossip.algorithms import ALGORITHMS
-from gossip.faults import FaultsConfig
-from gossip.optim import LRScheduleConfig, OptimizerConfig
-from gossip.registry import ConfigError, Registry, option, suggest
-from gossip.simclock import NetworkConfig
-from gossip.tasks import TASKS
+import topologies as _topologies
 
-if TYPE_CHECKING:
-    import topologies
+from gossip.algorithms import ALGORITHMS
+from gossip.comm.faults import FaultsConfig
+from gossip.algorithms.optim import LRScheduleConfig, OptimizerConfig
+from gossip.registry import ConfigError, Registry, check_keywords, keywords_field, option, suggest
+from gossip.comm.simclock import NetworkConfig
+from gossip.tasks import TASKS
 
 __all__ = ["Config", "ConfigError", "FaultsConfig", "LRScheduleConfig", "NetworkConfig", "OptimizerConfig",
            "RunDirConfig", "TopologyConfig", "TrainConfig", "apply_overrides", "dump", "fields_reference", "from_dict",
@@ -53,32 +56,70 @@ def _default_of(registry_name: str, name: str) -> Any:
 # The run's sections
 
 
+#: The graphs by name: every builder and schedule of :mod:`topologies`, or ``module.path:function``.
+TOPOLOGIES = Registry("topology", base=None, functions=True)
+for _name, _builder in {**_topologies.BUILDERS, **_topologies.SCHEDULES}.items():
+    TOPOLOGIES.register(_name, _builder)
+
+
 @dataclass
 class TopologyConfig:
-    """The communication graph; its size is ``workers``."""
+    """The communication graph on ``workers`` nodes: a built-in graph, a mixing matrix read from a
+    file, or a function of your own."""
 
-    name: str = option("ring", help="ring | torus | expander | complete | star | hypercube | "
-                                    "exponential | erdos_renyi | one_peer_exponential | "
-                                    "directed_exponential | one_peer_directed_exponential | "
-                                    "directed_erdos_renyi")
+    name: str = option("ring", help=f"{' | '.join(TOPOLOGIES.entries)}, or module.path:function of "
+                                    f"(n, ...) returning a networkx Graph or DiGraph or a topologies.Topology")
     weights: Optional[Literal["metropolis_hastings", "uniform", "max_degree"]] = option(
         None, help="how W is made from an undirected graph (default metropolis_hastings); "
                    "directed graphs always use 1/(out-degree + 1)")
-    rows: Optional[int] = option(None, help="torus: rows (rows x cols = workers)", ge=1)
-    cols: Optional[int] = option(None, help="torus: columns", ge=1)
-    degree: Optional[int] = option(None, help="expander: degree of the random regular graph", ge=1)
-    p: Optional[float] = option(None, help="erdos_renyi, directed_erdos_renyi: edge probability", gt=0, le=1)
-    seed: Optional[int] = option(None, help="expander, erdos_renyi, directed_erdos_renyi: graph seed "
-                                            "(default: the run's seed)")
+    lazy: bool = option(False, help="mix with (W + I)/2, whose eigenvalues are all >= 0 (lets d2 run on "
+                                    "rings, tori and hypercubes) at about half the mixing speed")
+    options: dict[str, Any] = keywords_field(
+        help="any other key is a parameter of the graph: torus rows, cols; expander degree, seed; "
+             "erdos_renyi and directed_erdos_renyi p, seed; matrix path (.npy or text); your function's "
+             "keywords. A seed defaults to the run's")
 
-    def build(self, workers: int, run_seed: int) -> "topologies.Schedule":
-        """The topology schedule for ``workers`` workers (static graphs are a constant schedule)."""
-        import topologies
+    def check_keywords(self, path: str, parse_dataclass: Any) -> None:
+        """The keys must be parameters of the graph's builder or function."""
+        check_keywords(TOPOLOGIES.implementation(self.name, f"{path}name"), self, path,
+                       reserved=("n", "dim", "weights"), require=False)
 
-        params = {k: getattr(self, k) for k in ("rows", "cols", "degree", "p", "seed") if getattr(self, k) is not None}
-        if self.name in topologies.BUILDERS and "seed" in topologies.builder_parameters(self.name):
+    def build(self, workers: int, run_seed: int) -> "_topologies.Schedule":
+        """The topology schedule for ``workers`` workers (a static graph is a constant schedule),
+        built once: checking the config, the dry run and the trainer share it."""
+        key = repr((workers, run_seed, self.name, self.weights, self.lazy, sorted(self.options.items())))
+        built = self.__dict__.setdefault("_built", {})
+        if key not in built:
+            built[key] = self._build(workers, run_seed)
+        return built[key]
+
+    def _build(self, workers: int, run_seed: int) -> "_topologies.Schedule":
+        builder = TOPOLOGIES.implementation(self.name)
+        params = dict(self.options)
+        if "seed" in inspect.signature(builder).parameters:
             params.setdefault("seed", run_seed)  # a random graph's default seed is the run's
-        return topologies.build_schedule(self.name, workers, weights=self.weights, **params)
+        if self.name in TOPOLOGIES.entries:
+            schedule = _topologies.build_schedule(self.name, workers, weights=self.weights, **params)
+        else:
+            schedule = _user_schedule(self.name, builder(workers, **params), self.weights, workers)
+        return _topologies.Lazy(schedule) if self.lazy else schedule
+
+
+def _user_schedule(name: str, made: Any, weights: Optional[str], workers: int) -> "_topologies.Schedule":
+    """What a user's topology function returned, as a schedule on ``workers`` nodes."""
+    if isinstance(made, nx.Graph):
+        made = _topologies.from_networkx(made, weights)
+    elif weights is not None:
+        raise ValueError(f"weights: {name} returned a {type(made).__name__}, which has its weights; "
+                         f"weights applies to a networkx graph")
+    if isinstance(made, _topologies.Topology):
+        made = _topologies.StaticSchedule(made)
+    if not isinstance(made, _topologies.Schedule):
+        raise ValueError(f"name: {name} returned {type(made).__name__}; expected a networkx Graph or DiGraph, "
+                         f"a topologies.Topology or a topologies.Schedule")
+    if made.n != workers:
+        raise ValueError(f"name: {name} returned a graph on {made.n} nodes; expected workers = {workers}")
+    return made
 
 
 @dataclass
@@ -170,6 +211,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, A
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+            elif isinstance(child, str):  # a section's short form, its name alone: codec: sign
+                child = node[part] = {"name": child}
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key.strip()!r}: {'.'.join(parts[: i + 1])} is not a section")
             node = child
@@ -211,6 +254,39 @@ def to_dict(config: Any) -> dict[str, Any]:
     return result
 
 
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"dotted.key": value}``, the keys of ``--set``.
+
+    >>> flatten({"optimizer": {"lr": 0.1, "betas": [0.9, 0.95]}, "seed": 0})
+    {'optimizer.lr': 0.1, 'optimizer.betas': [0.9, 0.95], 'seed': 0}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def format_value(value: Any) -> str:
+    """A value as ``--set`` reads it back (YAML): strings as written unless they would read as
+    something else, everything else as JSON (true, null, 0.1, [10, 20])."""
+    if isinstance(value, str) and yaml.safe_load(value) == value:
+        return value
+    return json.dumps(value)
+
+
+def changed_keys(saved: Config, wanted: Config) -> list[str]:
+    """The dotted keys whose values differ between the config a run directory holds and the one
+    asked for, but ``run.dir`` (in ``wanted``'s order, then keys only ``saved`` has): the one rule
+    for "is this directory the same run?" of the command line and the sweep tool, each of which
+    allows its own keys to change."""
+    old, new = flatten(to_dict(saved)), flatten(to_dict(wanted))
+    return [key for key in [*new, *(k for k in old if k not in new)]
+            if key != "run.dir" and (key in old, old.get(key)) != (key in new, new.get(key))]
+
+
 def dump(config: Config) -> str:
     """The config as YAML that :func:`load` reads back into an equal config."""
     return yaml.safe_dump(to_dict(config), sort_keys=False)
@@ -226,8 +302,8 @@ def fields_reference() -> list[tuple[str, str, str, str]]:
             path = f"{prefix}{f.name}"
             registry = f.metadata.get("registry")
             if registry:
-                for name, (options, _) in sorted(REGISTRIES[registry].entries.items()):
-                    walk(options, f"{path}[{name}].")
+                for name, implementation in sorted(REGISTRIES[registry].entries.items()):
+                    walk(implementation.Options, f"{path}[{name}].")
             elif f.metadata.get("keywords"):
                 rows.append((f"{prefix}KEYWORD", "any", "(none)", f.metadata["help"]))
                 for name, builtin in getattr(cls, "BUILTINS", {}).items():
@@ -249,11 +325,11 @@ def reference_markdown() -> str:
              "Generated from the config dataclasses by `python scripts/config_reference.py`; a test fails",
              "when this page is stale. Keys are set in the YAML file or with `--set key=value`.",
              "`algorithm[NAME].key` and `task[NAME].key` exist when `algorithm.name` / `task.name` is NAME;",
-             "`lr_schedule[NAME].key` when `lr_schedule.name` is the built-in NAME. The `optimizer` and",
-             "`lr_schedule` sections also take the keywords of the class they name (`optimizer.KEYWORD`):",
-             "`momentum` and `nesterov` of `sgd`, `betas` and `eps` of `adamw`, `step_size` of `StepLR`, ...",
-             "`algorithm.name` and `task.name` may also be `module.path:ClassName`, a class of your own whose",
-             "keys are those of its `Options` dataclass (see [extending.md](extending.md)).", ""]
+             "`lr_schedule[NAME].key` when `lr_schedule.name` is the built-in NAME. The `topology`, `codec`,",
+             "`optimizer` and `lr_schedule` sections also take the parameters of the function or class they",
+             "name (`optimizer.KEYWORD`): `rows` and `cols` of `torus`, `fraction` of `topk`, `momentum` and",
+             "`nesterov` of `sgd`, `step_size` of `StepLR`, ... Every `name` may also be `module.path:Name`, a",
+             "component of your own (see [extending.md](extending.md)).", ""]
     section = None
     for path, type_name, default, help_text in fields_reference():
         top = path.split(".")[0].split("[")[0] if ("." in path or "[" in path) else "top level"
@@ -285,6 +361,8 @@ def _parse_dataclass(cls: type, raw: Any, path: str) -> Any:
     where = path.rstrip(".") or "config"
     if raw is None:
         raw = {}
+    if isinstance(raw, str) and "name" in {f.name for f in dataclasses.fields(cls)}:
+        raw = {"name": raw}  # a section's short form: its name alone
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping of keys, got {_describe(raw)}")
     hints = typing.get_type_hints(cls)

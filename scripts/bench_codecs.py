@@ -26,16 +26,16 @@ import torch
 from bench_common import (cpu_description, format_table, parse_list, pick_device,  # scripts/ is on sys.path
                           synchronize, warn_if_busy)
 
-from gossip import compression
+from gossip.algorithms import compression
 
-#: The codecs measured: label -> (codec name, options).
-CODEC_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "identity": ("identity", {}),
-    "topk 1%": ("topk", {"fraction": 0.01}),
-    "randomk 1%": ("randomk", {"fraction": 0.01}),
-    "sign": ("sign", {}),
-    "qsgd s=7": ("qsgd", {"levels": 7}),
-    "moniqua 2-bit": ("moniqua", {"bits": 2}),
+#: The codecs measured, by label.
+CODECS: dict[str, compression.Codec] = {
+    "identity": compression.build("identity"),
+    "topk 1%": compression.build("topk", fraction=0.01),
+    "randomk 1%": compression.build("randomk", fraction=0.01),
+    "sign": compression.build("sign"),
+    "qsgd s=7": compression.build("qsgd", levels=7),
+    "moniqua 2-bit": compression.Moniqua(bits=2),
 }
 TARGET_RATIO = 0.5
 
@@ -76,8 +76,7 @@ def time_codec(codec: compression.Codec, values: torch.Tensor, min_time: float) 
 
 def measure(label: str, elements: int, repeats: int, min_time: float, device: torch.device) -> dict[str, Any]:
     """The row of one codec at one size: median times over ``repeats`` and the throughput ratio."""
-    name, options = CODEC_CONFIGS[label]
-    codec = compression.build(name, **options)
+    codec = CODECS[label]
     values = torch.rand(elements, generator=torch.Generator().manual_seed(0)).sub_(0.5).to(device)
     runs = [time_codec(codec, values, min_time) for _ in range(repeats)]
     times = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
@@ -97,7 +96,7 @@ def codec_table(rows: list[dict[str, Any]]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=None, help="comma-separated element counts (default 1e6,1e7,1e8; quick 1e6,1e7)")
-    parser.add_argument("--codecs", default=",".join(CODEC_CONFIGS), help="comma-separated labels (default: all)")
+    parser.add_argument("--codecs", default=",".join(CODECS), help="comma-separated labels (default: all)")
     parser.add_argument("--quick", action="store_true", help="sizes 1e6 and 1e7 only")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions; the median is reported")
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds each timed call is repeated for")
@@ -110,9 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sizes = [int(float(s)) for s in parse_list(args.sizes or ("1e6,1e7" if args.quick else "1e6,1e7,1e8"))]
-    unknown = [label for label in parse_list(args.codecs) if label not in CODEC_CONFIGS]
+    unknown = [label for label in parse_list(args.codecs) if label not in CODECS]
     if unknown:
-        sys.exit(f"error: unknown codec label(s) {unknown}; known: {', '.join(CODEC_CONFIGS)}")
+        sys.exit(f"error: unknown codec label(s) {unknown}; known: {', '.join(CODECS)}")
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

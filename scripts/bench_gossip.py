@@ -40,9 +40,9 @@ from bench_common import (cpu_description, format_table, parse_list, pick_device
 
 from gossip import config as config_module
 from gossip.algorithms import ALGORITHMS
-from gossip.network import Network
-from gossip.spawn import spawn
-from gossip.trainer import Trainer
+from gossip.comm.messages import Network
+from gossip.comm.spawn import spawn
+from gossip.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ ALGORITHM_CONFIGS: dict[str, dict[str, Any]] = {
     "powergossip-1": {"name": "powergossip", "iterations": 1},
     "powergossip-8": {"name": "powergossip", "iterations": 8},
     "choco-sign": {"name": "choco", "codec": "sign"},
-    "choco-topk": {"name": "choco", "codec": "topk", "fraction": 0.01},
+    "choco-topk": {"name": "choco", "codec": {"name": "topk", "fraction": 0.01}},
     "deepsqueeze": {"name": "deepsqueeze", "codec": "sign"},
     "moniqua": {"name": "moniqua"},
 }

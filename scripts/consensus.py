@@ -30,11 +30,11 @@ from tqdm import tqdm
 import topologies
 from gossip.algorithms import ALGORITHMS
 from gossip.config import OptimizerConfig
-from gossip.distributed import Placement, join, leave
-from gossip.faults import LinkFaults
-from gossip.network import Network
-from gossip.seeding import generator
-from gossip.worker import Worker
+from gossip.comm.distributed import Placement, join, leave
+from gossip.comm.faults import LinkFaults
+from gossip.comm.messages import Network
+from gossip.comm.seeding import generator
+from gossip.algorithms.worker import Worker
 
 SIZE = 100
 
@@ -44,8 +44,8 @@ LABELS: dict[str, tuple[str, dict]] = {
     "powergossip": ("powergossip", {"rank": 1, "iterations": 1, "warm_start": True}),
     "powergossip-random": ("powergossip", {"rank": 1, "iterations": 1, "warm_start": False}),
     "choco-sign": ("choco", {"codec": "sign", "gamma": 1.0}),
-    "choco-topk": ("choco", {"codec": "topk", "fraction": 0.01, "gamma": 0.02}),
-    "choco-qsgd": ("choco", {"codec": "qsgd", "levels": 127, "gamma": 1.0}),
+    "choco-topk": ("choco", {"codec": {"name": "topk", "fraction": 0.01}, "gamma": 0.02}),
+    "choco-qsgd": ("choco", {"codec": {"name": "qsgd", "levels": 127}, "gamma": 1.0}),
     "deepsqueeze-sign": ("deepsqueeze", {"codec": "sign", "gamma": 0.02}),
     "moniqua": ("moniqua", {"theta": 4.0, "bits": 2, "gamma": 0.005}),
 }
@@ -104,7 +104,8 @@ def run(label: str, name: str, options: dict, starts: list[torch.Tensor], topolo
         link_drop: float = 0.0) -> list[tuple[int, float, float]]:
     """Gossip from ``starts`` for ``steps`` rounds, each edge down with probability ``link_drop`` in
     every round; returns ``(step, bytes_per_worker, error)`` rows."""
-    options_class, algorithm_class = ALGORITHMS.entries[name]
+    algorithm_class = ALGORITHMS.entries[name]
+    options_class = algorithm_class.Options
     network = Network(len(starts), placement.rank, placement.world_size)
     network.faults = LinkFaults(link_drop, seed) if link_drop else None
     workers = [Worker(i, Matrix(starts[i]), OptimizerConfig(lr=1.0), seed) for i in network.local_workers]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from gossip import config as config_module
 from gossip.algorithms import ALGORITHMS
-from gossip.simclock import NetworkConfig
+from gossip.comm.simclock import NetworkConfig
 from gossip.tasks import TASKS
-from gossip.train import simulated_step_s
+from gossip.train.cli import simulated_step_s
 
 ROWS = [("D-PSGD", ["algorithm={name: dpsgd}"]),
         *((f"PowerGossip, {k} iterations", [f"algorithm={{name: powergossip, iterations: {k}}}"]) for k in (8, 16, 32)),

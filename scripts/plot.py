@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from gossip.algorithms import ALGORITHMS
-from gossip.sweeptables import read_csv, read_records
+from gossip.sweep.sweeptables import read_csv, read_records
 
 #: The x axes a plot can have, and their labels.
 X_AXES = {"step": "step", "bytes_per_worker": "bytes sent per worker", "sim_time_s": "simulated time (s)"}
@@ -43,7 +43,7 @@ def load_run(run_dir: Path) -> tuple[str, list[dict]]:
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     algorithm = dict(config.get("algorithm", {}))
     name = algorithm.pop("name", run_dir.name)
-    defaults = dataclasses.asdict(ALGORITHMS.entries[name][0]()) if name in ALGORITHMS.entries else {}
+    defaults = dataclasses.asdict(ALGORITHMS.entries[name].Options()) if name in ALGORITHMS.entries else {}
     options = " ".join(f"{k}={v}" for k, v in algorithm.items() if v is not None and defaults.get(k) != v)
     return (f"{name} {options}".strip(), records)
 

@@ -1,5 +1,5 @@
 """Shared helpers: running the CLI in a subprocess with a timeout, and reading metrics (tests that
-need several processes use :func:`gossip.spawn.spawn`)."""
+need several processes use :func:`gossip.comm.spawn.spawn`)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,6 @@ def root() -> Path:
 
 
 def port_taken(stderr: str) -> bool:
-    """Whether a process failed because its store's port (from gossip.spawn.free_port) was taken
+    """Whether a process failed because its store's port (from gossip.comm.spawn.free_port) was taken
     meanwhile: the CLI tests that start jobs by hand then start them again."""
     return "EADDRINUSE" in stderr or "address already in use" in stderr.lower()

@@ -26,7 +26,7 @@ def test_defaults_and_sections_parse():
     config = load({"workers": 8, "topology": {"name": "torus", "rows": 2, "cols": 4},
                    "optimizer": {"lr": 1, "momentum": 0.9},
                    "lr_schedule": {"name": "warmup_step", "milestones": [1, 2.5]}})
-    assert config.workers == 8 and config.topology.rows == 2
+    assert config.workers == 8 and config.topology.options == {"rows": 2, "cols": 4}
     assert config.optimizer.lr == 1.0 and isinstance(config.optimizer.lr, float)
     assert config.optimizer.options == {"momentum": 0.9}
     assert config.lr_schedule.options == {"milestones": [1.0, 2.5]}
@@ -70,8 +70,8 @@ def test_an_unprintable_or_odd_key_is_quoted_on_one_line(key, shown):
     ({"task": {"name": "logistic", "dim": 0}}, "task.dim: 0 is out of range"),
     ({"topology": {"name": "torus", "rows": 3, "cols": 3}}, "topology:"),
     ({"topology": {"name": "hypercube"}, "workers": 6}, "topology:"),
-    ({"topology": {"name": "moebius"}}, "topology:"),
-    ({"topology": "ring"}, "topology: expected a mapping"),
+    ({"topology": {"name": "moebius"}}, "topology.name: unknown topology 'moebius'"),
+    ({"topology": 3}, "topology: expected a mapping of keys, got int 3"),
     ({"train": {"steps": 5, "epochs": 1}}, "train: set exactly one of train.steps and train.epochs"),
 ])
 def test_bad_values_name_the_key(raw, expected):

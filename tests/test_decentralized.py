@@ -14,7 +14,7 @@ from torch import nn
 
 import topologies
 from gossip import ConfigError, DecentralizedOptimizer
-from gossip.spawn import spawn
+from gossip.comm.spawn import spawn
 from gossip.train import main
 
 from conftest import failure, read_metrics, run_torchrun
@@ -178,7 +178,7 @@ def test_state_dict_continues_powergossip_exactly_on_two_processes():
     ({"algorithm": "powergosip"}, "algorithm.name: unknown algorithm 'powergosip' (did you mean 'powergossip'?)"),
     ({"algorithm": "powergossip", "iteration": 2}, "algorithm.iteration: unknown key (did you mean 'iterations'?)"),
     ({"algorithm": "dpsgd", "order": "first"}, "algorithm.order: 'first' is not allowed"),
-    ({"topology": "rign"}, "topology: unknown topology 'rign'"),
+    ({"topology": "rign"}, "topology.name: unknown topology 'rign' (did you mean 'ring'?)"),
     ({"topology": topologies.ring(4)}, "topology: ring(n=4, weights=metropolis_hastings) has 4 nodes but the "
                                        "process group has 1 processes (one worker each)"),
 ])

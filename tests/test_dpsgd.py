@@ -12,8 +12,8 @@ from torch import nn
 import topologies
 from gossip.algorithms import DPSGD, AllReduce
 from gossip.config import OptimizerConfig
-from gossip.network import Network
-from gossip.worker import Worker
+from gossip.comm.messages import Network
+from gossip.algorithms.worker import Worker
 
 
 def make_workers(n: int, spread: float = 1.0, optimizer: OptimizerConfig | None = None) -> list[Worker]:

@@ -13,8 +13,8 @@ from torch import nn
 import topologies
 from examples.my_algorithm.algorithm import MixingDPSGD, MixingDPSGDOptions
 from gossip.config import OptimizerConfig
-from gossip.network import Network
-from gossip.worker import Worker
+from gossip.comm.messages import Network
+from gossip.algorithms.worker import Worker
 
 from conftest import ROOT, read_metrics, run_cli
 

@@ -1,4 +1,4 @@
-"""A task or an algorithm named ``module.path:ClassName`` in the config: it resolves to the class
+"""A task or an algorithm named ``module.path:Name`` in the config: it resolves to the class
 and its ``Options``, its keys are checked like the built-ins' keys, the config round-trips through
 YAML, the dry run prices its messages, and every way the name can be wrong is one line."""
 
@@ -32,7 +32,8 @@ def error_of(raw: dict) -> str:
 def test_a_path_resolves_to_the_class_and_its_options():
     from examples.my_algorithm.algorithm import MixingDPSGD, MixingDPSGDOptions
 
-    assert ALGORITHMS.resolve(ALGORITHM, "algorithm.name") == (MixingDPSGDOptions, MixingDPSGD)
+    assert ALGORITHMS.implementation(ALGORITHM) is MixingDPSGD
+    assert ALGORITHMS.options(ALGORITHM, "algorithm.name") is MixingDPSGDOptions
     assert ALGORITHMS.implementation("dpsgd").Options is ALGORITHMS.options("dpsgd", "algorithm.name")
     assert TASKS.implementation("lstm").Options is TASKS.options("lstm", "task.name")
 
@@ -71,22 +72,20 @@ def modules(tmp_path, monkeypatch):
 
 BAD_NAMES = [
     ("nowhere.algos:Mine", "algorithm.name: no module named 'nowhere' (from 'nowhere.algos:Mine'); "
-                           "expected module.path:ClassName with the module importable from sys.path"),
+                           "expected module.path:Name with the module importable from sys.path"),
     ("user_algos:Mixr", "algorithm.name: module 'user_algos' has no attribute 'Mixr' (did you mean "
-                          "'Mixer'?); expected module.path:ClassName"),
+                          "'Mixer'?); expected module.path:Name"),
     ("user_algos:helper", "algorithm.name: user_algos:helper is not a subclass of gossip.algorithms.base.Algorithm"),
     ("user_algos:Bare", "algorithm.name: user_algos:Bare has no Options dataclass; declare its options as the "
                         "class attribute Options = a @dataclass"),
-    ("user_algos:Fixed", "algorithm.name: user_algos:Fixed.Options needs a field 'name: str' (it holds the name "
-                         "module.path:ClassName), not typing.Literal['fixed']"),
     ("user_broken:Mine", "algorithm.name: importing 'user_broken' raised ZeroDivisionError: division by zero"),
     ("user_needs:Mine", "algorithm.name: importing 'user_needs' raised ModuleNotFoundError: No module named "
                         "'not_installed_anywhere'"),
-    ("user_algos:", "algorithm.name: 'user_algos:' is not of the form module.path:ClassName"),
-    ("user algos:Mixer", "algorithm.name: 'user algos:Mixer' is not of the form module.path:ClassName"),
+    ("user_algos:", "algorithm.name: 'user_algos:' is not of the form module.path:Name"),
+    ("user algos:Mixer", "algorithm.name: 'user algos:Mixer' is not of the form module.path:Name"),
     ("dpsdg", "algorithm.name: unknown algorithm 'dpsdg' (did you mean 'dpsgd'?); allowed: allreduce, choco, "
               "d2, deepsqueeze, dpsgd, gradient_tracking, local, moniqua, powergossip, qgm, sgp, "
-              "or module.path:ClassName"),
+              "or module.path:Name"),
 ]
 
 

@@ -17,12 +17,12 @@ import topologies
 from gossip import config as config_module
 from gossip.algorithms import ALGORITHMS
 from gossip.config import OptimizerConfig
-from gossip.faults import LinkFaults
-from gossip.network import Network
+from gossip.comm.faults import LinkFaults
+from gossip.comm.messages import Network
 from gossip.registry import ConfigError
-from gossip.seeding import generator
-from gossip.simclock import TrafficLog
-from gossip.worker import Worker
+from gossip.comm.seeding import generator
+from gossip.comm.simclock import TrafficLog
+from gossip.algorithms.worker import Worker
 
 N = 6
 
@@ -42,7 +42,8 @@ def gossip_setup(name: str, options: dict, link_drop: float, traffic: TrafficLog
     network.traffic = traffic
     workers = [Worker(i, Model(torch.randn(8, 8, generator=generator(0, "start", i))), OptimizerConfig(lr=0.0), 0)
                for i in range(N)]
-    options_class, algorithm_class = ALGORITHMS.entries[name]
+    algorithm_class = ALGORITHMS.entries[name]
+    options_class = algorithm_class.Options
     algorithm = algorithm_class(topologies.ring(N), network, workers, options=options_class(name=name, **options))
     return network, workers, algorithm
 
@@ -143,7 +144,8 @@ def test_an_algorithm_that_cannot_lose_a_message_refuses_link_drop(name, reason)
     config_module.from_dict(raw)
     network = Network(4)
     network.faults = LinkFaults(0.1, seed=0)
-    options_class, algorithm_class = ALGORITHMS.entries[name]
+    algorithm_class = ALGORITHMS.entries[name]
+    options_class = algorithm_class.Options
     workers = [Worker(i, Model(torch.zeros(8, 8)), OptimizerConfig(lr=0.0), 0) for i in range(4)]
     with pytest.raises(ValueError, match="needs link_drop 0"):
         algorithm_class(topologies.ring(4), network, workers, options=options_class(name=name))

@@ -92,7 +92,7 @@ MUTATIONS = [
     (("workers",), 0, "workers: 0 is out of range"),
     (("workers",), 2.5, "workers: expected an integer"),
     (("optimizer", "nesterov"), "yes please", "optimizer.nesterov: expected true or false"),
-    (("topology", "name"), "moebius", "topology:"),
+    (("topology", "name"), "moebius", "topology.name: unknown topology 'moebius'"),
     (("topology", "weights"), "heavy", "topology.weights:"),
     (("algorithm", "name"), "dpsdg", "algorithm.name: unknown algorithm 'dpsdg'"),
     (("task", "dim"), 0, "task.dim: 0 is out of range"),

@@ -17,10 +17,10 @@ import topologies
 from gossip import OptimizerConfig
 from gossip import config as config_module
 from gossip.algorithms import ALGORITHMS, D2, DPSGD, QGM
-from gossip.network import Network
+from gossip.comm.messages import Network
 from gossip.registry import ConfigError
-from gossip.trainer import Trainer
-from gossip.worker import Worker
+from gossip.train.trainer import Trainer
+from gossip.algorithms.worker import Worker
 
 from conftest import ROOT, dry_run
 
@@ -134,7 +134,8 @@ def test_the_network_counts_exactly_the_analytic_bytes(name, options):
     topology = topologies.star(5)
     workers = linear_workers(5, OptimizerConfig(lr=0.1, options={"momentum": 0.9}))
     network = Network(5)
-    options_class, algorithm_class = ALGORITHMS.entries[name]
+    algorithm_class = ALGORITHMS.entries[name]
+    options_class = algorithm_class.Options
     algorithm = algorithm_class(topology, network, workers, options=options_class(name=name, **options))
     gen = torch.Generator().manual_seed(0)
     for t in range(3):

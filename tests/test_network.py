@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from gossip.network import Network, NetworkError
-from gossip.spawn import spawn
+from gossip.comm.messages import Network, NetworkError
+from gossip.comm.spawn import spawn
 
 
 def ring_round(network: Network, pipelined: bool = False) -> dict:
@@ -98,7 +98,7 @@ def test_the_lost_process_is_the_one_whose_heartbeat_stopped_however_late_the_ot
 
     import torch.distributed as dist
 
-    from gossip.distributed import Heartbeat
+    from gossip.comm.distributed import Heartbeat
 
     store = dist.HashStore()
     heartbeat = Heartbeat(store, 0, interval=0.05)

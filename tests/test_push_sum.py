@@ -15,10 +15,10 @@ import topologies
 from gossip import OptimizerConfig
 from gossip import config as config_module
 from gossip.algorithms import DPSGD, SGP
-from gossip.network import Network
+from gossip.comm.messages import Network
 from gossip.registry import ConfigError
-from gossip.spawn import spawn
-from gossip.worker import Worker
+from gossip.comm.spawn import spawn
+from gossip.algorithms.worker import Worker
 
 from conftest import ROOT, dry_run
 
@@ -150,11 +150,13 @@ def _irregular_run(rank: int, world_size: int, order: str, stop_at: int | None, 
     workers, algorithm = build()
     for t in range(steps):
         if t == stop_at:
-            saved = {"z": {w.id: w.params.clone() for w in workers}, "algorithm": copy.deepcopy(algorithm.state_dict())}
+            saved = {"z": {w.id: w.params.clone() for w in workers},
+                     "algorithm": copy.deepcopy({w.id: algorithm.worker_state(w) for w in workers})}
             workers, algorithm = build()
             for w in workers:
                 w.params.copy_(saved["z"][w.id])
-            algorithm.load_state_dict(saved["algorithm"])
+            for w in workers:
+                algorithm.load_worker_state(w, saved["algorithm"][w.id])
         algorithm.step(t, 0.1, lambda: [w.grads.copy_(A[w.id] @ w.params + c[w.id]) for w in workers])
     return {w.id: (w.params.tolist(), algorithm.weight[w.id].item()) for w in workers}
 

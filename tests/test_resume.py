@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from gossip import checkpoint
+from gossip.train import checkpoint
 from gossip.algorithms import ALGORITHMS
-from gossip.spawn import free_port, spawn
+from gossip.comm.spawn import free_port, spawn
 from gossip.train import main
 
 from conftest import ROOT, port_taken, read_metrics, run_cli
@@ -129,7 +129,7 @@ def _first_20_steps_of_every_variant(rank: int, world_size: int, root: str) -> d
 
     import torch.distributed as dist
 
-    from gossip.spawn import job_store
+    from gossip.comm.spawn import job_store
 
     codes = {}
     for k, variant in enumerate(TWO_PROCESS_VARIANTS):
@@ -174,15 +174,20 @@ def test_one_process_then_two_processes_equals_uninterrupted(tmp_path, reference
     assert_same_run(run_dir, reference("dpsgd"), bitwise=False)
 
 
-def test_truncated_checkpoint_is_refused_and_the_previous_one_used(tmp_path, reference, capsys):
+@pytest.mark.parametrize("damage, refusal", [
+    (lambda data: data[:100], "worker_00002.pt has 100 bytes"),
+    # one bit flipped in the last byte: the size is right, the SHA-256 is not
+    (lambda data: data[:-1] + bytes([data[-1] ^ 1]), "worker_00002.pt does not match its SHA-256 in the manifest"),
+], ids=["truncated", "altered"])
+def test_a_damaged_checkpoint_is_refused_and_the_previous_one_used(tmp_path, reference, capsys, damage, refusal):
     run_dir = tmp_path / "run"
     assert main(["--config", CONFIG, "--run-dir", str(run_dir), "--set", "train.steps=30", *BASE]) == 0
     victim = run_dir / "checkpoints/step_00000030" / checkpoint.worker_file(2)
-    victim.write_bytes(victim.read_bytes()[:100])
+    victim.write_bytes(damage(victim.read_bytes()))
     capsys.readouterr()
     assert main(["--resume", str(run_dir), "--set", "train.steps=40", "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "refusing checkpoint step_00000030: worker_00002.pt has 100 bytes" in err
+    assert f"refusing checkpoint step_00000030: {refusal}" in err
     assert "resuming" in err and "from step 20" in err
     assert_same_run(run_dir, reference("dpsgd"))
 

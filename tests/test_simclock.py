@@ -11,10 +11,10 @@ import pytest
 
 from gossip import config as config_module
 from gossip.algorithms import ALGORITHMS
-from gossip.network import Network
+from gossip.comm.messages import Network
 from gossip.registry import ConfigError
-from gossip.simclock import NetworkConfig, GroupsConfig, SimClock, TrafficLog, parse_rate, parse_time
-from gossip.trainer import Trainer
+from gossip.comm.simclock import NetworkConfig, GroupsConfig, SimClock, TrafficLog, parse_rate, parse_time
+from gossip.train.trainer import Trainer
 from gossip.train import main
 
 from conftest import read_metrics, run_cli

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from gossip import config as cfg
-from gossip import sweepfile
+from gossip.sweep import sweepfile
 from gossip.config import ConfigError
-from gossip.sweepfile import Row, Sweep, SweepError
+from gossip.sweep.sweepfile import Row, Sweep, SweepError
 
 from conftest import ROOT
 

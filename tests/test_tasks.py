@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from gossip import checkpoint
+from gossip.train import checkpoint
 from gossip.tasks import DataError
 from gossip.tasks.language import LanguageModelOptions, LanguageModelTask, SequenceStream
 from gossip.tasks.models import LSTMLanguageModel, ResNet20

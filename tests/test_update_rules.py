@@ -22,8 +22,8 @@ from torch import nn
 import topologies
 from gossip import OptimizerConfig
 from gossip.algorithms import AllReduce, Choco, D2, DeepSqueeze, DPSGD, GradientTracking, Local, Moniqua, PowerGossip, QGM
-from gossip.network import Network
-from gossip.worker import Worker
+from gossip.comm.messages import Network
+from gossip.algorithms.worker import Worker
 
 N, LR, STEPS = 3, 0.1, 2
 N_SPARSE = 5  # a ring on which one round is not exact averaging

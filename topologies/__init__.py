@@ -14,18 +14,18 @@ exponential graph.
 
 from topologies.builders import (BUILDERS, build, builder_parameters, complete, directed_erdos_renyi,
                                  directed_exponential, erdos_renyi, expander, exponential, from_matrix,
-                                 from_networkx, hypercube, ring, star, torus)
-from topologies.schedules import (SCHEDULES, OnePeerDirectedExponential, OnePeerExponential, Schedule, StaticSchedule,
-                                  build_schedule)
+                                 from_networkx, hypercube, lazy, matrix, ring, star, torus)
+from topologies.schedules import (SCHEDULES, Lazy, OnePeerDirectedExponential, OnePeerExponential, Schedule,
+                                  StaticSchedule, build_schedule)
 from topologies.topology import Topology
 from topologies.weights import SCHEMES, column_uniform, max_degree, metropolis_hastings, mixing_matrix, uniform
 
 __all__ = [
     "BUILDERS", "SCHEDULES", "SCHEMES",
-    "Topology", "Schedule", "StaticSchedule", "OnePeerExponential", "OnePeerDirectedExponential",
+    "Topology", "Schedule", "StaticSchedule", "Lazy", "OnePeerExponential", "OnePeerDirectedExponential",
     "build", "build_schedule", "builder_parameters",
     "ring", "torus", "expander", "complete", "star", "hypercube", "exponential", "erdos_renyi",
     "directed_exponential", "directed_erdos_renyi",
-    "from_networkx", "from_matrix",
+    "from_networkx", "from_matrix", "matrix", "lazy",
     "mixing_matrix", "metropolis_hastings", "uniform", "max_degree", "column_uniform",
 ]

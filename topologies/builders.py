@@ -205,6 +205,42 @@ def from_matrix(W: ArrayLike) -> Topology:
     return Topology(graph, W, name=f"from_matrix(n={len(W)})")
 
 
+def matrix(n: int, path: str) -> Topology:
+    """The topology of the mixing matrix stored in ``path``: a ``.npy`` file, or a text file of
+    ``n`` rows of ``n`` numbers (``numpy.loadtxt``), checked as :func:`from_matrix` checks ``W``.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "W.txt")
+    >>> np.savetxt(path, [[0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    >>> matrix(3, path).edges
+    [(0, 1), (1, 2)]
+    """
+    try:
+        W = np.load(path) if str(path).endswith(".npy") else np.loadtxt(path, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"matrix: cannot read {str(path)!r} ({' '.join(str(exc).split())})") from None
+    if W.shape != (n, n):
+        raise ValueError(f"matrix: {str(path)!r} holds a matrix of shape {W.shape}; expected ({n}, {n}) for n={n} workers")
+    try:
+        topology = from_matrix(W)
+    except ValueError as exc:
+        raise ValueError(f"matrix: {str(path)!r}: {exc}") from None
+    topology.name = f"matrix({path})"
+    return topology
+
+
+def lazy(topology: Topology) -> Topology:
+    """The same graph mixed with ``(W + I) / 2``: every node keeps at least half of its own
+    vector. Every eigenvalue of the lazy W is at least 0, which D² needs (above −1/3), at the cost
+    of mixing about half as fast; a doubly or column stochastic W stays so.
+
+    >>> ring(4).W[0].round(4).tolist(), lazy(ring(4)).W[0].round(4).tolist()
+    ([0.3333, 0.3333, 0.0, 0.3333], [0.6667, 0.1667, 0.0, 0.1667])
+    """
+    return Topology(topology.graph, (topology.W + np.eye(topology.n)) / 2, name=f"lazy {topology.name}",
+                    require_connected=False)
+
+
 BUILDERS: dict[str, Callable[..., Topology]] = {
     "ring": ring,
     "torus": torus,
@@ -216,6 +252,7 @@ BUILDERS: dict[str, Callable[..., Topology]] = {
     "erdos_renyi": erdos_renyi,
     "directed_exponential": directed_exponential,
     "directed_erdos_renyi": directed_erdos_renyi,
+    "matrix": matrix,
 }
 
 

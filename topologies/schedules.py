@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 import networkx as nx
 
 from topologies import _checks
-from topologies.builders import BUILDERS, build
+from topologies.builders import BUILDERS, build, lazy
 from topologies.topology import Topology
 from topologies.weights import SchemeLike, column_uniform, mixing_matrix, scheme_name
 
@@ -67,6 +67,32 @@ class StaticSchedule(Schedule):
 
     def __repr__(self) -> str:
         return f"StaticSchedule({self.topology!r})"
+
+
+class Lazy(Schedule):
+    """``schedule`` with every step's W replaced by ``(W + I) / 2`` (:func:`topologies.lazy`).
+
+    >>> from topologies.builders import ring
+    >>> Lazy(StaticSchedule(ring(4)))(0).W[0].round(4).tolist()
+    [0.6667, 0.1667, 0.0, 0.1667]
+    """
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+        self._snapshots: dict[int, Topology] = {}
+
+    def __call__(self, t: int) -> Topology:
+        k = self._step(t) % self.period
+        if k not in self._snapshots:
+            self._snapshots[k] = lazy(self.schedule(t))
+        return self._snapshots[k]
+
+    @property
+    def period(self) -> int:
+        return self.schedule.period
+
+    def __repr__(self) -> str:
+        return f"Lazy({self.schedule!r})"
 
 
 class _Cycle(Schedule):

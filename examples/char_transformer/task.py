@@ -28,7 +28,7 @@ from gossip.tasks.language import SequenceStream, columns, offline_text, shard
 class CharTransformerOptions:
     """The model's size and the length of its windows."""
 
-    name: str = option("examples.char_transformer.task:CharTransformerTask", help="the class, as module.path:ClassName")
+    name: str = option("examples.char_transformer.task:CharTransformerTask", help="the class, as module.path:Name")
     width: int = option(64, help="embedding width", ge=1)
     heads: int = option(4, help="attention heads (they divide width)", ge=1)
     layers: int = option(2, help="transformer blocks", ge=1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from gossip.algorithms.base import GossipAlgorithm, GossipOptions
-from gossip.network import PendingRound
+from gossip.comm.messages import PendingRound
 from gossip.registry import option
 from topologies import Topology
 
@@ -24,7 +24,7 @@ from topologies import Topology
 class MixingDPSGDOptions(GossipOptions):
     """The options of :class:`MixingDPSGD` (``order`` comes from :class:`GossipOptions`)."""
 
-    name: str = option("examples.my_algorithm.algorithm:MixingDPSGD", help="the class, as module.path:ClassName")
+    name: str = option("examples.my_algorithm.algorithm:MixingDPSGD", help="the class, as module.path:Name")
     gamma: float = option(0.5, help="mixing step size γ (1: plain D-PSGD)", gt=0, le=1)
 
 

@@ -16,8 +16,8 @@ from typing import Any, Callable, Literal
 import torch
 
 from gossip.registry import option
-from gossip.network import Network, PendingRound
-from gossip.worker import Worker
+from gossip.comm.messages import Network, PendingRound
+from gossip.algorithms.worker import Worker
 from topologies import Schedule, StaticSchedule, Topology
 
 #: When a gossiping algorithm's gossip happens relative to its local optimizer step.
@@ -118,13 +118,6 @@ class Algorithm(ABC):
     def load_worker_state(self, worker: Worker, state: dict[str, Any]) -> None:
         """Restore what :meth:`worker_state` returned."""
 
-    def state_dict(self) -> dict[int, dict[str, Any]]:
-        return {w.id: self.worker_state(w) for w in self.workers}
-
-    def load_state_dict(self, state: dict[int, dict[str, Any]]) -> None:
-        for w in self.workers:
-            self.load_worker_state(w, state[w.id])
-
     # --- what the run measures ----------------------------------------------------------------
 
     def averaged_part(self, worker: Worker) -> torch.Tensor:
@@ -165,7 +158,7 @@ class Algorithm(ABC):
         self.local_step(lr)
 
     def surviving(self, topology: Topology, t: int, round_index: int = 0) -> Topology:
-        """``topology`` without the edges that are down in this round (:mod:`gossip.faults`)."""
+        """``topology`` without the edges that are down in this round (:mod:`gossip.comm.faults`)."""
         faults = self.network.faults
         return topology if faults is None else faults.surviving(topology, t, round_index)
 

@@ -13,25 +13,19 @@ indices from it, and no generator outlives its step, so the algorithms keep no g
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from gossip import compression
+from gossip.algorithms import compression
 from gossip.algorithms.base import Algorithm, GossipAlgorithm, GossipOptions
-from gossip.registry import option
-from gossip.network import PendingRound
-from gossip.seeding import generator
+from gossip.comm.messages import PendingRound
+from gossip.comm.seeding import generator
 from topologies import Topology
 
 Inbox = dict[tuple[int, int], torch.Tensor]
-
-#: The codecs that ChocoSGD and DeepSqueeze accept (Moniqua has its own quantiser).
-CodecName = Literal["identity", "topk", "randomk", "sign", "qsgd"]
-CODEC_OPTION_KEYS = ("fraction", "rescale", "levels")
-
 
 class PackedCodec:
     """One codec applied to every parameter tensor of a flat vector, the wires laid end to end.
@@ -128,29 +122,20 @@ class CompressedAlgorithm(GossipAlgorithm):
 
 @dataclass
 class CodecOptions(GossipOptions):
-    """The codec keys of ChocoSGD and DeepSqueeze: a codec name and that codec's own options."""
+    """The codec key of ChocoSGD and DeepSqueeze: a nested ``codec`` section."""
 
-    codec: CodecName = option("sign", help="message codec, applied per parameter tensor: "
-                                           "identity | topk | randomk | sign | qsgd")
-    fraction: Optional[float] = option(None, help="topk, randomk: fraction of each tensor's entries "
-                                                  "sent (at least one)", gt=0, le=1)
-    rescale: Optional[bool] = option(None, help="randomk: scale by d/k so that the estimate is "
-                                                "unbiased (default false)")
-    levels: Optional[int] = option(None, help="qsgd: number of levels s", ge=1, le=127)
+    codec: compression.CodecConfig = field(default_factory=compression.CodecConfig, metadata={
+        "help": "message codec, applied per parameter tensor: {name: topk, fraction: 0.01}, or a name "
+                "alone (sign) for a codec without keys", "bounds": {}})
+
+    def __post_init__(self) -> None:
+        # Choco.Options(codec="sign") or codec={"name": "topk", "fraction": 0.01}, as in YAML
+        if isinstance(self.codec, str):
+            self.codec = compression.CodecConfig(self.codec)
+        elif isinstance(self.codec, dict):
+            self.codec = compression.CodecConfig(**{"options": {k: v for k, v in self.codec.items() if k != "name"},
+                                                    "name": self.codec.get("name", "sign")})
 
     def build_codec(self) -> compression.Codec:
-        """The codec these keys name; a ``ValueError("key: ...")`` when a key does not fit it."""
-        codec_fields = fields(compression.CODECS[self.codec])
-        accepted = [f.name for f in codec_fields]
-        for key in CODEC_OPTION_KEYS:
-            if getattr(self, key) is not None and key not in accepted:
-                takes = f"takes {', '.join(accepted)}" if accepted else "takes no options"
-                raise ValueError(f"{key}: not an option of codec {self.codec!r}, which {takes}")
-        for f in codec_fields:
-            if getattr(self, f.name) is None and f.default is MISSING:
-                raise ValueError(f"{f.name}: codec {self.codec!r} needs it")
-        chosen = {key: getattr(self, key) for key in accepted if getattr(self, key) is not None}
-        return compression.build(self.codec, **chosen)
-
-    def check(self, config: Any) -> None:
-        self.build_codec()
+        """The codec the ``codec`` section names."""
+        return self.codec.build()

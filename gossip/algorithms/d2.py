@@ -21,7 +21,8 @@ scaled). Unscaled, every change of η leaves a bias
 ``(η_{t-1} − η_t) g_i(x*)`` in the iterate, and the exact optimum is lost. The extra state is
 ``u_i^{t-1}`` and ``η_{t-1}``; the bytes are D-PSGD's.
 
-D² needs one fixed W whose smallest eigenvalue is above −1/3 (checked at the start).
+D² needs one fixed W whose smallest eigenvalue is above −1/3 (checked at the start); any graph's
+lazy W, ``(W + I) / 2`` (``topology.lazy: true``), has none below 0.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 
 from gossip.algorithms.base import Algorithm
 from gossip.registry import option
-from gossip.worker import Worker
+from gossip.algorithms.worker import Worker
 from topologies import Schedule, Topology
 
 #: D²'s convergence needs every eigenvalue of W above this (Tang et al. 2018, Assumption 1). At
@@ -72,8 +73,9 @@ class D2(Algorithm):
         smallest = float(np.linalg.eigvalsh(topology.W)[0])
         if smallest <= SMALLEST_EIGENVALUE + BOUNDARY_TOLERANCE:
             raise ValueError(f"name: {name} needs the smallest eigenvalue of W above -1/3, but "
-                             f"{topology.name}'s is {smallest:.4g}; choose a graph whose W passes (an odd ring, "
-                             f"the complete graph) or a W with larger self-weights")
+                             f"{topology.name}'s is {smallest:.4g}; set topology.lazy: true (W becomes (W + I)/2, "
+                             f"whose eigenvalues are >= 0), or choose a graph whose W passes (an odd ring, the "
+                             f"complete graph)")
 
     @classmethod
     def bytes_per_step(cls, options: D2Options, shapes: list[torch.Size], topology: Topology, worker: int) -> int:

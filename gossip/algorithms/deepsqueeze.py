@@ -22,7 +22,7 @@ import torch
 
 from gossip.algorithms.compressed import CodecOptions, CompressedAlgorithm, PendingMessages
 from gossip.registry import option
-from gossip.worker import Worker
+from gossip.algorithms.worker import Worker
 from topologies import Topology
 
 

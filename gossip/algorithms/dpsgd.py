@@ -18,7 +18,7 @@ import torch
 
 from gossip.algorithms.base import GossipAlgorithm, GossipOptions
 from gossip.registry import option
-from gossip.network import PendingRound
+from gossip.comm.messages import PendingRound
 from topologies import Topology
 
 

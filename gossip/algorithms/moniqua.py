@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from gossip import compression
+from gossip.algorithms import compression
 from gossip.algorithms.base import GossipOptions
 from gossip.algorithms.compressed import CompressedAlgorithm, PendingMessages
 from gossip.registry import option
@@ -38,7 +38,7 @@ class MoniquaOptions(GossipOptions):
     gamma: float = option(5e-3, help="consensus step size γ", gt=0, le=1)
 
     def build_codec(self) -> compression.Codec:
-        return compression.build("moniqua", bits=self.bits)
+        return compression.Moniqua(bits=self.bits)
 
     @property
     def modulus(self) -> float:

@@ -3,7 +3,7 @@
 Every step runs ``iterations`` rounds of compressed gossip, each on the result of the previous
 one: on ``x^t`` in the ``overlap`` order (the paper's Algorithm 1: the gradient is taken at
 ``x^t`` too, and the local step follows the rounds), on ``x^{t+½} = opt(x^t, g)`` in
-``step_first``. In a round, every edge's :class:`~gossip.edge.EdgeCompressor` sends one low-rank
+``step_first``. In a round, every edge's :class:`~gossip.algorithms.edge.EdgeCompressor` sends one low-rank
 projection per matrix parameter, and each worker applies the rank-``r`` approximations of
 ``x_j − x_i`` from all its neighbours at once. Tensors with one dimension (and matrices below
 ``min_compress_size``) are gossiped uncompressed, once per step, as in D-PSGD. No
@@ -24,8 +24,8 @@ import torch
 
 from gossip.algorithms.base import GossipAlgorithm, GossipOptions
 from gossip.registry import option
-from gossip.edge import EdgeCompressor, MatrixPlan, Neighbourhood
-from gossip.worker import Worker
+from gossip.algorithms.edge import EdgeCompressor, MatrixPlan, Neighbourhood
+from gossip.algorithms.worker import Worker
 from topologies import Topology
 
 

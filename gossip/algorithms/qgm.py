@@ -25,9 +25,9 @@ from torch import nn
 
 from gossip.algorithms.dpsgd import DPSGD
 from gossip.algorithms.base import GossipOptions
-from gossip.optim import build_optimizer
+from gossip.algorithms.optim import build_optimizer
 from gossip.registry import option
-from gossip.worker import Worker
+from gossip.algorithms.worker import Worker
 
 
 @dataclass

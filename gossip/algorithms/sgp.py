@@ -32,7 +32,7 @@ import torch
 
 from gossip.algorithms.base import Algorithm, GossipOptions
 from gossip.registry import option
-from gossip.worker import Worker
+from gossip.algorithms.worker import Worker
 from topologies import Topology
 
 

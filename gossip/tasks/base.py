@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gossip.seeding import generator
+from gossip.comm.seeding import generator
 
 
 @dataclass

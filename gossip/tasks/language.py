@@ -147,9 +147,11 @@ class SequenceStream(DataStream):
         self.position = state["position"]
 
 
-def language_model_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], memory: dict[str, Any]) -> torch.Tensor:
-    """Next-token cross-entropy of a window ``(inputs, targets, restart)``; the hidden state is
-    carried in ``memory`` from window to window and zeroed where ``restart`` is true."""
+def language_model_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], memory: dict[str, Any],
+                        label_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token cross-entropy of a window ``(inputs, targets, restart)`` (with ``label_smoothing``
+    as ``F.cross_entropy`` takes it); the hidden state is carried in ``memory`` from window to
+    window and zeroed where ``restart`` is true."""
     inputs, targets, restart = batch
     state = memory.get("state")
     if state is not None:  # a zero state at an epoch's first window, without reading the flag on the host
@@ -157,7 +159,7 @@ def language_model_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], memor
         state = tuple(s * keep for s in state)
     logits, state = model(inputs, state)
     memory["state"] = tuple(s.detach() for s in state)
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), label_smoothing=label_smoothing)
 
 
 class LanguageModelTask(Task):

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gossip.registry import option
-from gossip.seeding import generator
+from gossip.comm.seeding import generator
 from gossip.tasks.base import DataStream, Task
 from gossip.tasks.language import language_model_loss
 from gossip.tasks.models import LSTMLanguageModel, ResNet20

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gossip.registry import option
-from gossip.seeding import generator
+from gossip.comm.seeding import generator
 from gossip.tasks.base import DataStream, ShuffledBatches, Task
 
 

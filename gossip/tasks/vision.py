@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gossip.registry import option
-from gossip.seeding import generator, seed_for
+from gossip.comm.seeding import generator, seed_for
 from gossip.tasks.base import DataError, DataStream, Task, TaskPlan
 from gossip.tasks.models import ResNet20
 

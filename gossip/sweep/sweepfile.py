@@ -22,13 +22,15 @@ in this order: the top-level ``set``, the row's, the swept values, ``seed``.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from gossip import config as config_module
+from gossip.config import format_value
 
 
 class SweepError(ValueError):
@@ -103,14 +105,6 @@ class Sweep:
                                  "make the values or labels differ")
             seen.add(run.name)
         return runs
-
-
-def format_value(value: Any) -> str:
-    """A value as ``--set`` reads it back (YAML): strings as written unless they would read as
-    something else, everything else as JSON (true, null, 0.1, [10, 20])."""
-    if isinstance(value, str) and yaml.safe_load(value) == value:
-        return value
-    return json.dumps(value)
 
 
 def parse_grid_option(text: str) -> tuple[str, list[Any]]:
@@ -213,18 +207,15 @@ def _axis(values: Any, where: str) -> list[Any]:
     return values
 
 
-def _flatten(raw: Any, where: str, prefix: str = "") -> dict[str, Any]:
+def _flatten(raw: Any, where: str) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise SweepError(f"{where}: expected a mapping of config keys to values, got {raw!r}")
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or not key:
+    flat = config_module.flatten(raw)
+    for key in flat:
+        if not all(key.split(".")):
             raise SweepError(f"{where}: keys must be config keys such as optimizer.lr, got {key!r}")
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, where, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = [_number(v) for v in value] if isinstance(value, list) else _number(value)
-    return flat
+    return {key: [_number(v) for v in value] if isinstance(value, list) else _number(value)
+            for key, value in flat.items()}
 
 
 def _check_keys(raw: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:

@@ -14,8 +14,6 @@ steps). Without an ``lr_schedule`` section the learning rate is constant.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from typing import Any, Callable, ClassVar, Literal, Mapping, Optional
 import torch
 from torch import nn
 
-from gossip.registry import ConfigError, keywords_field, option, suggest
+from gossip.registry import ConfigError, Registry, check_keywords, keywords_field, option
 
 
 @dataclass
@@ -50,8 +48,8 @@ class OptimizerConfig:
 
     def check_keywords(self, path: str, parse_dataclass: Callable[[type, Any, str], Any]) -> None:
         """Resolve ``name`` and check the keywords by building the optimizer over one tensor."""
-        cls = optimizer_class(self.name, f"{path}name")
-        _check_keywords(cls, self, path, reserved=("params", "lr", "weight_decay"))
+        cls = OPTIMIZERS.implementation(self.name, f"{path}name")
+        check_keywords(cls, self, path, reserved=("params", "lr", "weight_decay"))
         if self.weight_decay and "weight_decay" not in inspect.signature(cls).parameters:
             raise ConfigError(f"{path}weight_decay: {cls.__name__} takes no weight_decay; allowed: 0")
         _try(lambda: build_optimizer(self, nn.Linear(1, 1)), path, cls.__name__)
@@ -135,7 +133,7 @@ class LRScheduleConfig:
             self.options = {k: getattr(parsed, k) for k in self.options}
         else:
             cls = scheduler_class(self.name, f"{path}name")
-            _check_keywords(cls, self, path, reserved=("optimizer", "last_epoch"))
+            check_keywords(cls, self, path, reserved=("optimizer", "last_epoch"))
         _try(lambda: LRSchedule(self, lr=1.0, steps_per_epoch=10, total_steps=100), path, cls.__name__)
 
 
@@ -183,8 +181,8 @@ class LRSchedule:
 def build_optimizer(config: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer that ``config`` names over ``model``'s trainable parameters, in two parameter
     groups: weight decay on tensors with more than one dimension (on all with ``weight_decay_1d``)
-    and none on the others (clipping is the worker's, :meth:`gossip.worker.Worker.clip_grads_`)."""
-    cls = optimizer_class(config.name, "optimizer.name")
+    and none on the others (clipping is the worker's, :meth:`gossip.algorithms.worker.Worker.clip_grads_`)."""
+    cls = OPTIMIZERS.implementation(config.name, "optimizer.name")
     params = [p for p in model.parameters() if p.requires_grad]
     decayed = [p for p in params if config.weight_decay_1d or p.dim() > 1]
     plain = [p for p in params if not (config.weight_decay_1d or p.dim() > 1)]
@@ -196,75 +194,22 @@ def build_optimizer(config: OptimizerConfig, model: nn.Module) -> torch.optim.Op
     return cls(groups, lr=config.lr, **_torch_values(config.options))
 
 
-def optimizer_class(name: str, path: str) -> type:
-    """The ``torch.optim.Optimizer`` subclass that ``name`` names (see the module docstring)."""
-    return _resolve_class(name, torch.optim, torch.optim.Optimizer, path, "optimizer")
+#: The optimizers by name: every ``torch.optim`` class, or ``module.path:Class``.
+OPTIMIZERS = Registry("optimizer", torch.optim.Optimizer, torch_module=torch.optim)
+#: The learning-rate schedules by name: the built-ins, every ``torch.optim.lr_scheduler`` class, or
+#: ``module.path:Class``.
+LR_SCHEDULES = Registry("lr_schedule", torch.optim.lr_scheduler.LRScheduler, torch_module=torch.optim.lr_scheduler)
+for _name, _schedule in BUILTIN_SCHEDULES.items():
+    LR_SCHEDULES.register(_name, _schedule)
 
 
 def scheduler_class(name: str, path: str) -> type:
     """The ``torch.optim.lr_scheduler`` class that ``name`` names; ``ReduceLROnPlateau`` is refused."""
-    cls = _resolve_class(name, torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler, path,
-                         "learning-rate scheduler", extra=BUILTIN_SCHEDULES)
+    cls = LR_SCHEDULES.implementation(name, path)
     if issubclass(cls, torch.optim.lr_scheduler.ReduceLROnPlateau):
         raise ConfigError(f"{path}: ReduceLROnPlateau needs a metric that the training loop does not pass; "
                           f"use a schedule of the step (warmup_step, cosine, StepLR, ...)")
     return cls
-
-
-def _resolve_class(name: str, module: Any, base: type, path: str, kind: str, extra: Mapping[str, Any] = {}) -> type:
-    if ":" in name:
-        module_name, _, attribute = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(f"{path}: cannot import module {module_name!r} ({exc})") from None
-        cls = getattr(module, attribute, None)
-        if cls is None:
-            raise ConfigError(f"{path}: module {module_name!r} has no attribute {attribute!r}"
-                              f"{suggest(attribute, dir(module))}")
-        if not (isinstance(cls, type) and issubclass(cls, base)):
-            raise ConfigError(f"{path}: {name} is not a {base.__module__}.{base.__name__} subclass")
-        return cls
-    classes = {n.lower(): c for n, c in vars(module).items()
-               if isinstance(c, type) and issubclass(c, base) and c is not base and not n.startswith("_")}
-    if name.lower() not in classes:
-        allowed = sorted(list(extra) + [c.__name__ for c in classes.values()], key=str.lower)
-        raise ConfigError(f"{path}: unknown {kind} {name!r}{suggest(name, allowed)}; "
-                          f"allowed: {', '.join(allowed)} or module.path:Class")
-    return classes[name.lower()]
-
-
-def _check_keywords(target: Callable, section: Any, path: str, reserved: tuple[str, ...]) -> None:
-    """Each key of ``section.options`` must be a keyword of ``target`` (a class or function)."""
-    parameters = inspect.signature(target).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    allowed = [k for k, p in parameters.items() if k not in reserved
-               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-    fixed = [f.name for f in dataclasses.fields(section) if f.name != "options"]
-    name = getattr(target, "__name__", str(target))
-    for key, value in section.options.items():
-        if key not in allowed:
-            raise ConfigError(f"{path}{key}: unknown key{suggest(key, fixed + allowed)}; allowed: "
-                              f"{', '.join(fixed)} and {name}'s keywords {', '.join(allowed) or '(none)'}")
-        _check_like_default(value, parameters[key].default, f"{path}{key}")
-
-
-def _check_like_default(value: Any, default: Any, path: str) -> None:
-    """A keyword whose default is a bool, a number or a tuple takes a value of that kind."""
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    if isinstance(default, bool):
-        ok, expected = isinstance(value, bool), "true or false"
-    elif number(default):  # torch writes some float defaults as ints (SGD's momentum=0)
-        ok, expected = number(value), "a number"
-    elif isinstance(default, tuple):
-        ok = isinstance(value, list) and len(value) == len(default) and all(map(number, value))
-        expected = f"a list of {len(default)} numbers"
-    else:
-        return
-    if not ok:
-        shown = f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
-        raise ConfigError(f"{path}: expected {expected}, got {shown}")
 
 
 def _try(build: Callable[[], Any], path: str, name: str) -> None:

@@ -8,14 +8,13 @@ others are told apart by ``views``.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
-from gossip.optim import OptimizerConfig, build_optimizer
-from gossip.seeding import seed_for
+from gossip.algorithms.optim import OptimizerConfig, build_optimizer
+from gossip.comm.seeding import seed_for
 
 
 class Worker:
@@ -96,11 +95,6 @@ def _check_optimizer_parameters(optimizer: torch.optim.Optimizer, model: nn.Modu
     if stepped != trainable:
         raise ValueError(f"the optimizer must step exactly the model's {len(trainable)} trainable parameters; "
                          f"it steps {len(stepped)}, {len(stepped - trainable)} of them not the model's")
-
-
-def replicate(model: nn.Module, count: int) -> list[nn.Module]:
-    """``count`` independent copies of ``model`` (the same initial point for every worker)."""
-    return [copy.deepcopy(model) for _ in range(count)]
 
 
 def _seeded_rng_state(seed: int, device: torch.device) -> torch.Tensor:

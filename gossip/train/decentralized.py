@@ -17,8 +17,8 @@ from torch import nn
 from gossip.algorithms import ALGORITHMS, Algorithm
 from gossip.config import TopologyConfig, parse_algorithm
 from gossip.registry import ConfigError
-from gossip.network import Network
-from gossip.worker import Worker
+from gossip.comm.messages import Network
+from gossip.algorithms.worker import Worker
 from topologies import Schedule, StaticSchedule, Topology
 
 
@@ -132,5 +132,7 @@ def _schedule(topology: str | Topology, world_size: int, seed: int) -> Schedule:
         raise ConfigError(f"topology: expected a name or a topologies.Topology, got {type(topology).__name__}")
     try:
         return TopologyConfig(name=topology).build(world_size, seed)
+    except ConfigError:
+        raise
     except ValueError as exc:
         raise ConfigError(f"topology: {' '.join(str(exc).split())} (workers = {world_size})") from None

@@ -30,13 +30,16 @@ import functools
 import math
 import numbers
 from abc import ABC, abstractmethod
-from dataclasses import MISSING, dataclass, fields
-from typing import Callable, ClassVar
+from dataclasses import dataclass, fields
+from typing import Any, Callable, ClassVar
 
 import torch
 
+from gossip.registry import ConfigError, Registry, check_keywords, keywords_field, option
+
 __all__ = [
     "CODECS",
+    "CodecConfig",
     "QSGD",
     "Codec",
     "Identity",
@@ -749,25 +752,44 @@ class Moniqua(Codec):
         _decode_codes(wire, self.bits, _moniqua_levels(self.bits, out.device), False, 2 * (2**self.bits - 1), out)
 
 
-CODECS: dict[str, type[Codec]] = {
-    cls.name: cls for cls in (Identity, TopK, RandomK, SignNorm, QSGD, Moniqua)
-}
+#: The codecs that a config's ``codec`` section names: the built-ins below, or ``module.path:Class``
+#: for a subclass of :class:`Codec` of your own (Moniqua's modulo codec is its algorithm's own).
+CODECS = Registry("codec", Codec)
+for _codec in (Identity, TopK, RandomK, SignNorm, QSGD):
+    CODECS.register(_codec.name, _codec)
 
 
-def build(name: str, **options: object) -> Codec:
-    """Create the codec registered as ``name`` with keyword ``options``.
+@dataclass
+class CodecConfig:
+    """A ``codec`` section: ``{name: topk, fraction: 0.01}``, or just ``sign`` for ``{name: sign}``.
+    Its other keys are the codec's own (its dataclass fields)."""
 
-    Raises ValueError for an unknown name, an unknown or missing option, or an
-    out-of-range value, naming what is allowed.
+    name: str = option("sign", help="identity | topk | randomk | sign | qsgd, or module.path:Class (a "
+                                    "gossip.algorithms.compression.Codec); applied per parameter tensor")
+    options: dict[str, Any] = keywords_field(help="the codec's own keys: topk and randomk fraction (of each "
+                                                  "tensor's entries, at least one); randomk rescale (by d/k, "
+                                                  "unbiased); qsgd levels (1..127)")
+
+    def check_keywords(self, path: str, parse_dataclass: Any = None) -> None:
+        """The keys must be the codec's own, of its types and in its bounds (one line naming the key)."""
+        cls = CODECS.implementation(self.name, f"{path}name")
+        check_keywords(cls, self, path)
+        try:
+            cls(**self.options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path.rstrip('.')}: {' '.join(str(exc).split())}") from None
+
+    def build(self) -> Codec:
+        """The codec (its keys checked first)."""
+        self.check_keywords("codec.")
+        return CODECS.implementation(self.name)(**self.options)
+
+
+def build(name: str, **options: Any) -> Codec:
+    """The codec registered as ``name`` with keyword ``options``, checked as a config's ``codec``
+    section is: a :class:`ConfigError` (a ValueError) naming what is wrong and what is allowed.
+
+    >>> build("topk", fraction=0.25)
+    TopK(fraction=0.25)
     """
-    if name not in CODECS:
-        raise ValueError(f"unknown codec {name!r}; choose from {sorted(CODECS)}")
-    cls = CODECS[name]
-    allowed = [f.name for f in fields(cls)]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for codec {name!r}; allowed: {allowed}")
-    missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in options]
-    if missing:
-        raise ValueError(f"codec {name!r} needs option(s) {missing}; allowed: {allowed}")
-    return cls(**options)
+    return CodecConfig(name, dict(options)).build()

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from gossip.seeding import generator
+from gossip.comm.seeding import generator
 
 
 BATCH_LIMIT = 1 << 16
@@ -157,9 +157,7 @@ class EdgeCompressor:
         return {"vector": self.vector.clone(), "side": self.side, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Also reads the earlier format, a list of per-group blocks (the same floats in the same order)."""
-        vector = state["vector"] if "vector" in state else torch.cat([v.reshape(-1) for v in state["vectors"]])
-        self.vector = vector.to(self.generator.device)
+        self.vector = state["vector"].to(self.generator.device)
         self.side = state["side"]
         self.generator.set_state(state["generator"].cpu())
 

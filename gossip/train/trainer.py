@@ -3,7 +3,7 @@ gossip round(s) and gradient step, the learning rate follows its schedule; every
 steps the run is measured and logged to ``RUN_DIR/metrics.jsonl``; every ``checkpoint_every``
 steps, every ``checkpoint_every_s`` seconds, at the end and when asked to stop, every worker's
 complete state is saved (copied, then written in the background). With a
-``network`` section the steps are also replayed on the simulated clock (:mod:`gossip.simclock`):
+``network`` section the steps are also replayed on the simulated clock (:mod:`gossip.comm.simclock`):
 after every step in one process, with several whenever the run is measured or saved (the
 processes' records of their workers' messages are gathered then); every record gains
 ``sim_time_s``."""
@@ -21,16 +21,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from gossip import checkpoint
+from gossip.train import checkpoint
 from gossip.algorithms import ALGORITHMS, Algorithm
 from gossip.config import Config
-from gossip.faults import LinkFaults
-from gossip.network import Network
-from gossip.optim import LRSchedule
-from gossip.seeding import seed_for
-from gossip.simclock import SimClock, TrafficLog, merge
+from gossip.comm.faults import LinkFaults
+from gossip.comm.messages import Network
+from gossip.algorithms.optim import LRSchedule
+from gossip.comm.seeding import seed_for
+from gossip.comm.simclock import SimClock, TrafficLog, merge
 from gossip.tasks import TASKS, Task
-from gossip.worker import Worker
+from gossip.algorithms.worker import Worker
 
 
 STOP_POLL = 10

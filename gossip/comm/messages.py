@@ -9,8 +9,8 @@ both sides derive identically. Receivers size their buffers from what they alrea
 ``expected`` shapes), so a round needs no size handshake. Every byte a worker sends is counted,
 in-memory pairs included: they would cross a wire in a real deployment.
 
-Two optional attachments: ``faults`` (:class:`~gossip.faults.LinkFaults`), which the algorithms
-ask which edges are down in a round, and ``traffic`` (:class:`~gossip.simclock.TrafficLog`),
+Two optional attachments: ``faults`` (:class:`~gossip.comm.faults.LinkFaults`), which the algorithms
+ask which edges are down in a round, and ``traffic`` (:class:`~gossip.comm.simclock.TrafficLog`),
 which records the bytes of every pair of every round (and of collectives) for the simulated clock.
 """
 
@@ -33,8 +33,8 @@ import torch.distributed as dist
 import torch.distributed.nn.functional  # noqa: F401
 
 if TYPE_CHECKING:
-    from gossip.faults import LinkFaults
-    from gossip.simclock import TrafficLog
+    from gossip.comm.faults import LinkFaults
+    from gossip.comm.simclock import TrafficLog
 
 Pair = tuple[int, int]
 Spec = tuple[int, torch.dtype]

@@ -8,7 +8,7 @@ the swept values, the seed), J at a time, each with ``cores // J`` threads; its 
 ``NAME/train.log``. A run whose metrics reach its final step with the sweep's config is skipped;
 one with a checkpoint is continued with ``--resume`` (also when only its length grew); any other
 is started over. Failed runs never stop the others. Then ``DIR/results.csv`` and
-``DIR/summary.md`` are written (see :mod:`gossip.sweeptables`); the exit status is 1 when a run is
+``DIR/summary.md`` are written (see :mod:`gossip.sweep.sweeptables`); the exit status is 1 when a run is
 not done.
 """
 
@@ -31,12 +31,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gossip import checkpoint, sweepfile, sweeptables
+from gossip.train import checkpoint
+
+from gossip.sweep import sweepfile, sweeptables
 from gossip import config as config_module
 from gossip.config import ConfigError
-from gossip.sweepfile import Run, Row, Sweep, SweepError, format_value
-from gossip.sweeptables import RunResult
-from gossip.train import RESUMABLE
+from gossip.sweep.sweepfile import Run, Row, Sweep, SweepError, format_value
+from gossip.sweep.sweeptables import RunResult
+from gossip.train.cli import RESUMABLE
 
 LOG = "train.log"
 WALL = "sweep.json"  # the run's accumulated wall time under the sweep
@@ -112,11 +114,12 @@ def plan(run: Run, base: Path, out: Path) -> Plan:
                                          "--run-dir", str(run_dir), "--no-progress",
                                          *(a for o in run.overrides for a in ("--set", o))])
     try:
-        wanted = _flat(config_module.load(base, [*run.overrides, f"run.dir={run_dir}"]))
-        saved = _flat(config_module.load(run_dir / "config.yaml", [f"run.dir={run_dir}"]))
+        wanted_config = config_module.load(base, [*run.overrides, f"run.dir={run_dir}"])
+        saved_config = config_module.load(run_dir / "config.yaml", [f"run.dir={run_dir}"])
     except ConfigError:  # an invalid run (it fails with the reason) or nothing usable saved
         return fresh
-    changed = {k for k in wanted.keys() | saved.keys() if wanted.get(k) != saved.get(k)}
+    changed = set(config_module.changed_keys(saved_config, wanted_config))
+    wanted, saved = (config_module.flatten(config_module.to_dict(c)) for c in (wanted_config, saved_config))
     if changed - set(RESUMABLE) or not _length_reachable(saved, wanted):
         return fresh
     if "train.steps" not in changed and "train.epochs" not in changed and _complete(sweeptables.read_records(run_dir), wanted):
@@ -162,7 +165,7 @@ def execute(plans: list[Plan], jobs: int, progress: bool) -> tuple[dict[Path, in
             code = proc.wait()
         with lock:
             running.discard(proc)
-        sweeptables.write_atomic(p.run_dir / WALL, json.dumps({"wall_s": wall + time.perf_counter() - start}))
+        checkpoint.atomic_write(p.run_dir / WALL, json.dumps({"wall_s": wall + time.perf_counter() - start}))
         return code
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -228,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     codes, interrupted = ({}, False) if args.collect else execute(plans, args.jobs, not args.no_progress)
     results = [result_of(p, sweep.base, args.out, codes.get(p.run_dir)) for p in plans]
     swept = sweep.swept_keys()
-    sweeptables.write_atomic(args.out / "results.csv", sweeptables.csv_text(results, swept))
+    checkpoint.atomic_write(args.out / "results.csv", sweeptables.csv_text(results, swept))
     summary = sweeptables.summary_markdown(results, swept, args.tune, args.by)
-    sweeptables.write_atomic(args.out / "summary.md", summary)
+    checkpoint.atomic_write(args.out / "summary.md", summary)
     print(summary)
     for result in results:
         if result.status != "done":
@@ -239,20 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted:
         return 130
     return 0 if all(r.status == "done" for r in results) else 1
-
-
-def _flat(config: config_module.Config) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-
-    def walk(tree: dict[str, Any], prefix: str) -> None:
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[f"{prefix}{key}"] = value
-
-    walk(config_module.to_dict(config), "")
-    return flat
 
 
 def _length_reachable(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -295,7 +284,3 @@ def _cores() -> int:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,15 +14,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import statistics
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from gossip.sweepfile import Run, format_value
+from gossip.sweep.sweepfile import Run, format_value
 
 METRICS = ("eval_loss", "eval_perplexity", "eval_accuracy", "local_eval_loss_mean", "local_eval_perplexity_mean",
            "local_eval_accuracy_mean", "train_loss", "consensus_distance")
@@ -141,19 +139,6 @@ def summary_markdown(results: list[RunResult], swept_keys: list[str], tune: str 
         lines += ["", "## Runs not done", ""]
         lines += [f"- `{r.run_dir.name}` ({r.status}): {r.error or 'no log line'}" for r in failed]
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def format_stats(values: list[float]) -> str:

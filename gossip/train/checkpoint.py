@@ -185,10 +185,17 @@ def _digest(path: Path) -> dict[str, Any]:
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(file)`` to a temporary file, flush it to disk, then rename."""
+    """Write through ``write(file)`` (a binary file, or ``str`` text) to a temporary file next to
+    ``path``, flush it to disk, then rename it over ``path``: a reader never sees half a file, and
+    a failed write leaves nothing behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(temporary, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as f:
+            f.write(write.encode()) if isinstance(write, str) else write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

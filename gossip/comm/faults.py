@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gossip.registry import option
-from gossip.seeding import seed_for
+from gossip.comm.seeding import seed_for
 from topologies import Topology
 
 

@@ -22,16 +22,15 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch.distributed as dist
 
-from gossip import checkpoint
+from gossip.train import checkpoint
 from gossip import config as config_module
 from gossip.config import Config, ConfigError
-from gossip.distributed import Placement, join, leave, loss_linger_s
-from gossip.network import Network, NetworkError, PeerLostError
-from gossip.simclock import SimClock, planned_step
-from gossip.sweepfile import format_value
+from gossip.comm.distributed import Placement, join, leave, loss_linger_s
+from gossip.comm.messages import Network, NetworkError, PeerLostError
+from gossip.comm.simclock import SimClock, planned_step
 from gossip.algorithms import ALGORITHMS
 from gossip.tasks import TASKS, DataError
-from gossip.trainer import NonFiniteError, Trainer
+from gossip.train.trainer import NonFiniteError, Trainer
 
 T = TypeVar("T")
 
@@ -151,7 +150,7 @@ def check_same_config(config: Config, placement: Placement) -> None:
     """Every process must run the same config: compare with process 0's before any step."""
     if placement.world_size == 1:
         return
-    mine = _flatten(config_module.to_dict(config))
+    mine = config_module.flatten(config_module.to_dict(config))
     gathered: list[Any] = [None] * placement.world_size
     dist.all_gather_object(gathered, mine)
     for rank, theirs in enumerate(gathered):
@@ -159,16 +158,6 @@ def check_same_config(config: Config, placement: Placement) -> None:
         if differing:
             raise ConfigError(f"process {rank}'s config differs from process {placement.rank}'s at: "
                               f"{', '.join(differing)}; every process must run the same config")
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def decide_start(config: Config, resume: Path | None, explicit: bool) -> tuple[Path, str | None]:
@@ -197,18 +186,18 @@ def check_same_run(run_dir: Path, config: Config) -> None:
     :data:`RESUMABLE` ones) whose value in ``run_dir/config.yaml`` differs from ``config``'s."""
     fix = "set run.resume: never or use another run.dir"
     try:
-        saved = _flatten(config_module.to_dict(config_module.load(run_dir / "config.yaml")))
+        saved_config = config_module.load(run_dir / "config.yaml")
     except ConfigError as exc:
         raise ConfigError(f"{run_dir} holds a run whose config cannot be read ({exc}); {fix}") from None
-    wanted = _flatten(config_module.to_dict(config))
-    for key in [*wanted, *(k for k in saved if k not in wanted)]:
-        if key not in RESUMABLE and key != "run.dir" and (key in saved, saved.get(key)) != (key in wanted, wanted.get(key)):
+    saved, wanted = (config_module.flatten(config_module.to_dict(c)) for c in (saved_config, config))
+    for key in config_module.changed_keys(saved_config, config):
+        if key not in RESUMABLE:
             raise ConfigError(f"{run_dir} holds a run with {key}={_shown(saved, key)}; "
                               f"this config has {_shown(wanted, key)} ({fix})")
 
 
 def _shown(flat: dict[str, Any], key: str) -> str:
-    return format_value(flat[key]) if key in flat else "(no such key)"
+    return config_module.format_value(flat[key]) if key in flat else "(no such key)"
 
 
 def keep_metrics_until(trainer: Trainer) -> None:
@@ -330,7 +319,7 @@ PLANNED_STEPS = 100
 
 def simulated_step_s(config: Config, topology: Any, shapes: list, steps_per_epoch: int) -> float:
     """The simulated seconds per step on ``config.network``, from the bytes that every worker sends
-    per step (:func:`gossip.simclock.planned_step`; no link faults): the mean over the first
+    per step (:func:`gossip.comm.simclock.planned_step`; no link faults): the mean over the first
     ``PLANNED_STEPS`` steps (at most an epoch)."""
     algorithm = ALGORITHMS.implementation(config.algorithm.name)
     per_step = [algorithm.bytes_per_step(config.algorithm, shapes, topology, i) for i in range(topology.n)]
@@ -365,7 +354,3 @@ def summary(record: dict, trainer: Trainer, seconds: float, run_dir: Path) -> st
     parts += [f"consensus_distance {record['consensus_distance']:.3g}",
               f"sent {record['bytes_per_worker'] / 2**20:.2f} MiB/worker", f"run dir {run_dir}"]
     return "; ".join(parts)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from gossip.sweep import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from gossip.train import main
+
+sys.exit(main())
