@@ -277,12 +277,11 @@ def format_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def changed_keys(saved: Config, wanted: Config) -> list[str]:
-    """The dotted keys whose values differ between the config a run directory holds and the one
-    asked for, but ``run.dir`` (in ``wanted``'s order, then keys only ``saved`` has): the one rule
-    for "is this directory the same run?" of the command line and the sweep tool, each of which
-    allows its own keys to change."""
-    old, new = flatten(to_dict(saved)), flatten(to_dict(wanted))
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between the :func:`flatten`-ed config a run directory
+    holds (``old``) and the one asked for (``new``), but ``run.dir`` (in ``new``'s order, then keys
+    only ``old`` has): the one rule for "is this directory the same run?" of the command line and
+    the sweep tool, each of which allows its own keys to change."""
     return [key for key in [*new, *(k for k in old if k not in new)]
             if key != "run.dir" and (key in old, old.get(key)) != (key in new, new.get(key))]
 

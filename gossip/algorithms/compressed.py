@@ -130,11 +130,9 @@ class CodecOptions(GossipOptions):
 
     def __post_init__(self) -> None:
         # Choco.Options(codec="sign") or codec={"name": "topk", "fraction": 0.01}, as in YAML
-        if isinstance(self.codec, str):
-            self.codec = compression.CodecConfig(self.codec)
-        elif isinstance(self.codec, dict):
-            self.codec = compression.CodecConfig(**{"options": {k: v for k, v in self.codec.items() if k != "name"},
-                                                    "name": self.codec.get("name", "sign")})
+        if isinstance(self.codec, (str, dict)):
+            options = {"name": self.codec} if isinstance(self.codec, str) else dict(self.codec)
+            self.codec = compression.CodecConfig(options.pop("name", "sign"), options)
 
     def build_codec(self) -> compression.Codec:
         """The codec the ``codec`` section names."""

@@ -772,17 +772,16 @@ class CodecConfig:
 
     def check_keywords(self, path: str, parse_dataclass: Any = None) -> None:
         """The keys must be the codec's own, of its types and in its bounds (one line naming the key)."""
+        self.build(path)
+
+    def build(self, path: str = "codec.") -> Codec:
+        """The codec, its keys checked first: a :class:`ConfigError` at ``path`` naming what is wrong."""
         cls = CODECS.implementation(self.name, f"{path}name")
         check_keywords(cls, self, path)
         try:
-            cls(**self.options)
+            return cls(**self.options)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path.rstrip('.')}: {' '.join(str(exc).split())}") from None
-
-    def build(self) -> Codec:
-        """The codec (its keys checked first)."""
-        self.check_keywords("codec.")
-        return CODECS.implementation(self.name)(**self.options)
 
 
 def build(name: str, **options: Any) -> Codec:

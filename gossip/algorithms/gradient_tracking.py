@@ -100,9 +100,12 @@ class GradientTracking(Algorithm):
         outbox, expected = {}, {}
         for w in self.workers:
             i, size = w.id, w.params.numel()
+            made: dict[tuple[bool, bool], torch.Tensor] = {}  # one message per kind, shared by its receivers
             for j in set(topology.out_neighbors(i)) | set(previous.out_neighbors(i)):
-                parts = [w.params] * (j in topology.out_neighbors(i)) + [self.tracker[i]] * (j in previous.out_neighbors(i))
-                outbox[(i, j)] = torch.cat(parts)
+                kind = (j in topology.out_neighbors(i), j in previous.out_neighbors(i))
+                if kind not in made:
+                    made[kind] = torch.cat([w.params] * kind[0] + [self.tracker[i]] * kind[1])
+                outbox[(i, j)] = made[kind]
             for j in set(topology.in_neighbors(i)) | set(previous.in_neighbors(i)):
                 parts = (j in topology.in_neighbors(i)) + (j in previous.in_neighbors(i))
                 expected[(j, i)] = (parts * size, w.params.dtype)

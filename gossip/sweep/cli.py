@@ -118,8 +118,8 @@ def plan(run: Run, base: Path, out: Path) -> Plan:
         saved_config = config_module.load(run_dir / "config.yaml", [f"run.dir={run_dir}"])
     except ConfigError:  # an invalid run (it fails with the reason) or nothing usable saved
         return fresh
-    changed = set(config_module.changed_keys(saved_config, wanted_config))
     wanted, saved = (config_module.flatten(config_module.to_dict(c)) for c in (wanted_config, saved_config))
+    changed = set(config_module.changed_keys(saved, wanted))
     if changed - set(RESUMABLE) or not _length_reachable(saved, wanted):
         return fresh
     if "train.steps" not in changed and "train.epochs" not in changed and _complete(sweeptables.read_records(run_dir), wanted):

@@ -190,7 +190,7 @@ def check_same_run(run_dir: Path, config: Config) -> None:
     except ConfigError as exc:
         raise ConfigError(f"{run_dir} holds a run whose config cannot be read ({exc}); {fix}") from None
     saved, wanted = (config_module.flatten(config_module.to_dict(c)) for c in (saved_config, config))
-    for key in config_module.changed_keys(saved_config, config):
+    for key in config_module.changed_keys(saved, wanted):
         if key not in RESUMABLE:
             raise ConfigError(f"{run_dir} holds a run with {key}={_shown(saved, key)}; "
                               f"this config has {_shown(wanted, key)} ({fix})")
